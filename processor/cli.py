@@ -14,15 +14,15 @@ import click
 
 # name -> "module:attribute" of a click.Command; the module is imported on first use.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "kafka": ("processor.local.commands:kafka", "Run a local single-node Apache Kafka (KRaft) broker."),
-    "topics": ("processor.stream.topic_admin:topics", "Create and check the topics of topics.yaml."),
-    "simulate": ("processor.simulate:simulate", "Replay a scenario file through the policy, no Kafka."),
+    "kafka": ("processor.local.commands:kafka", "Run a local single-node Kafka broker."),
+    "topics": ("processor.stream.topic_admin:topics", "Create and check the topics."),
+    "simulate": ("processor.simulate:simulate", "Replay a scenario through the policy."),
     "worker": ("processor.stream.commands:worker", "Run the live Faust worker."),
-    "produce": ("processor.tools.produce:produce", "Publish a scenario file to Kafka as Avro."),
+    "produce": ("processor.tools.produce:produce", "Publish a scenario file to Kafka."),
     "tail": ("processor.tools.tail:tail", "Print a topic's records as JSON lines."),
-    "demo": ("processor.demo:demo", "Show sendguard working end to end on the local broker."),
-    "status": ("processor.ops.client:status", "Show a mailbox's state from a running worker."),
-    "release": ("processor.ops.client:release", "Support release of a permanently blocked mailbox."),
+    "demo": ("processor.demo:demo", "Show sendguard working on the local broker."),
+    "status": ("processor.ops.client:status", "Show a mailbox's state (worker API)."),
+    "release": ("processor.ops.client:release", "Release a permanently blocked mailbox."),
 }
 
 

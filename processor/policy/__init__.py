@@ -7,8 +7,16 @@ who sends them. `../shared/POLICY.md` is the specification this package implemen
 """
 
 from processor.policy.config import PolicyConfig, PolicyConfigError, parse_duration
-from processor.policy.decisions import Alert, Block, Decision, Evidence, Report, ScanRequest, Unblock
-from processor.policy.engine import Engine, ReleaseRefused
+from processor.policy.decisions import (
+    Alert,
+    Block,
+    Decision,
+    Evidence,
+    Report,
+    ScanRequest,
+    Unblock,
+)
+from processor.policy.engine import Engine
 from processor.policy.events import (
     Direction,
     DirectoryEntry,
@@ -20,7 +28,14 @@ from processor.policy.events import (
     VerdictKind,
     normalise_mailbox,
 )
-from processor.policy.machine import Outcome, PolicyContext, expire, release, step_verdict
+from processor.policy.machine import (
+    Outcome,
+    PolicyContext,
+    ReleaseRefused,
+    expire,
+    release,
+    step_verdict,
+)
 from processor.policy.state import MailboxState
 
 __all__ = [

@@ -16,9 +16,7 @@ from processor.policy.events import MailboxKey
 # A fixed namespace: ids must be stable across versions and machines.
 _ID_NAMESPACE = uuid.UUID("6f1d0b7e-5c2a-4b8e-9a3f-2d7c1e0a9b54")
 
-ReportEvent = Literal[
-    "blocked", "permanently_blocked", "unblocked", "released", "release_refused"
-]
+ReportEvent = Literal["blocked", "permanently_blocked", "unblocked", "released", "release_refused"]
 AlertKind = Literal["blocked", "allowlisted"]
 UnblockReason = Literal["expired", "released"]
 

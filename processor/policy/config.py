@@ -1,0 +1,163 @@
+"""Policy settings: what the policy file may say, with POLICY.md's defaults.
+
+The file format (YAML) is read outside the core (`processor.policy_file`); this
+module validates the parsed mapping, so every way of loading a policy shares one
+set of rules and one set of error messages.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from processor.policy.events import MailboxKey, normalise_mailbox
+
+_UNIT_MS = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
+
+
+class PolicyConfigError(ValueError):
+    """A policy setting is unknown or has a bad value; the message names it."""
+
+
+def parse_duration(text: object, setting: str = "duration") -> int:
+    """`'500ms' | '30s' | '10m' | '1h' | '2d'` -> milliseconds (> 0).
+
+    Raises PolicyConfigError naming `setting` for anything else, including a bare
+    number: a duration without its unit is ambiguous.
+    """
+    if not isinstance(text, str):
+        raise PolicyConfigError(
+            f"{setting}: {text!r} is not a duration; write a number with a unit "
+            "(500ms, 30s, 10m, 1h, 2d)"
+        )
+    match = _DURATION.match(text)
+    if match is None:
+        raise PolicyConfigError(
+            f"{setting}: {text!r} is not a duration; write a number with a unit "
+            "(500ms, 30s, 10m, 1h, 2d)"
+        )
+    value = float(match.group(1)) * _UNIT_MS[match.group(2)]
+    if value < 1 or not value.is_integer():
+        raise PolicyConfigError(f"{setting}: {text!r} must be a whole number of milliseconds >= 1")
+    return int(value)
+
+
+def format_duration(ms: int) -> str:
+    """The shortest exact `parse_duration` spelling of `ms`."""
+    for unit in ("d", "h", "m", "s"):
+        if ms % _UNIT_MS[unit] == 0:
+            return f"{ms // _UNIT_MS[unit]}{unit}"
+    return f"{ms}ms"
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyConfig:
+    """The lockout policy's settings (POLICY.md, "Defaults")."""
+
+    threshold: int = 5
+    window_ms: int = 10 * 60_000
+    first_block_ms: int = 60 * 60_000
+    growth_factor: float = 2
+    permanent_on_offense: int = 6
+    default_synchronized_security: bool = True
+    allowlist: frozenset[str] = field(default_factory=frozenset)
+
+    def block_duration_ms(self, offense: int) -> int | None:
+        """How long the block for this offense lasts; None when it is permanent."""
+        if offense >= self.permanent_on_offense:
+            return None
+        return round(self.first_block_ms * self.growth_factor ** (offense - 1))
+
+    def is_allowlisted(self, key: MailboxKey) -> bool:
+        """Exact address or `@domain` entry (both compared normalised)."""
+        if not self.allowlist:
+            return False
+        return key.mailbox in self.allowlist or f"@{key.domain}" in self.allowlist
+
+    @classmethod
+    def from_mapping(cls, settings: Mapping[str, object] | None) -> PolicyConfig:
+        """Validate a parsed policy file. Every key is optional.
+
+        Raises PolicyConfigError naming the first unknown key or bad value.
+        """
+        if settings is None:
+            return cls()
+        if not isinstance(settings, Mapping):
+            raise PolicyConfigError("the policy file must be a mapping of settings")
+        known = {
+            "threshold",
+            "window",
+            "first_block",
+            "growth_factor",
+            "permanent_on_offense",
+            "default_synchronized_security",
+            "allowlist",
+        }
+        for key in settings:
+            if key not in known:
+                raise PolicyConfigError(
+                    f"{key}: unknown setting (known: {', '.join(sorted(known))})"
+                )
+        values: dict[str, object] = {}
+        if "threshold" in settings:
+            values["threshold"] = _positive_int(settings["threshold"], "threshold")
+        if "window" in settings:
+            values["window_ms"] = parse_duration(settings["window"], "window")
+        if "first_block" in settings:
+            values["first_block_ms"] = parse_duration(settings["first_block"], "first_block")
+        if "growth_factor" in settings:
+            values["growth_factor"] = _growth_factor(settings["growth_factor"])
+        if "permanent_on_offense" in settings:
+            values["permanent_on_offense"] = _positive_int(
+                settings["permanent_on_offense"], "permanent_on_offense"
+            )
+        if "default_synchronized_security" in settings:
+            flag = settings["default_synchronized_security"]
+            if not isinstance(flag, bool):
+                raise PolicyConfigError(
+                    f"default_synchronized_security: {flag!r} must be true or false"
+                )
+            values["default_synchronized_security"] = flag
+        if "allowlist" in settings:
+            values["allowlist"] = _allowlist(settings["allowlist"])
+        return cls(**values)  # type: ignore[arg-type]
+
+    def to_mapping(self) -> dict[str, object]:
+        """The policy file spelling of these settings (round-trips through from_mapping)."""
+        return {
+            "threshold": self.threshold,
+            "window": format_duration(self.window_ms),
+            "first_block": format_duration(self.first_block_ms),
+            "growth_factor": self.growth_factor,
+            "permanent_on_offense": self.permanent_on_offense,
+            "default_synchronized_security": self.default_synchronized_security,
+            "allowlist": sorted(self.allowlist),
+        }
+
+
+def _positive_int(value: object, setting: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise PolicyConfigError(f"{setting}: {value!r} must be a whole number >= 1")
+    return value
+
+
+def _growth_factor(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 1:
+        raise PolicyConfigError(f"growth_factor: {value!r} must be a number >= 1")
+    return value
+
+
+def _allowlist(value: object) -> frozenset[str]:
+    if not isinstance(value, list):
+        raise PolicyConfigError(f"allowlist: {value!r} must be a list of addresses or '@domain'")
+    entries = set()
+    for item in value:
+        if not isinstance(item, str) or "@" not in item or item.strip().endswith("@"):
+            raise PolicyConfigError(
+                f"allowlist: {item!r} is neither an address (user@example.com) "
+                "nor a domain (@example.com)"
+            )
+        entries.add(normalise_mailbox(item))
+    return frozenset(entries)

@@ -1,0 +1,133 @@
+"""Many mailboxes on one clock: the policy as `sendguard simulate` runs it.
+
+The engine owns every mailbox's state, the directory and tenant settings, and a
+clock that never goes backwards. Before an input with time `t` is handled, every
+timed block with `until <= t` ends, in order of `until`, each stamped with its own
+`until`; then `now = max(now, t)` (POLICY.md, "simulate"). The live worker keeps
+state in Faust tables instead and calls `processor.policy.machine` directly; both
+share every rule through it.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterator
+
+from processor.policy.config import PolicyConfig
+from processor.policy.decisions import Block, Decision
+from processor.policy.events import (
+    DirectoryEntry,
+    MailboxKey,
+    Release,
+    TenantSettings,
+    Verdict,
+)
+from processor.policy.machine import Outcome, ReleaseRefused, expire, release, step_verdict
+from processor.policy.state import MailboxState
+
+#: Sweep evictable states (rule 6) after this many new mailboxes were created.
+_EVICTION_BATCH = 10_000
+
+
+class Engine:
+    """The whole policy over an in-memory set of mailboxes, driven by input time."""
+
+    def __init__(self, config: PolicyConfig) -> None:
+        self.config = config
+        self.now_ms: int | None = None
+        self.states: dict[MailboxKey, MailboxState] = {}
+        self._directory: dict[MailboxKey, DirectoryEntry] = {}
+        self._settings: dict[str, TenantSettings] = {}
+        # (until, tie-breaker, key) for every timed block in force.
+        self._expiries: list[tuple[int, int, MailboxKey]] = []
+        self._pushed = 0
+        self._created_since_sweep = 0
+
+    # -- PolicyContext -------------------------------------------------------
+    def owner_of(self, key: MailboxKey) -> DirectoryEntry | None:
+        return self._directory.get(key)
+
+    def synchronized_security(self, tenant_id: str) -> bool | None:
+        settings = self._settings.get(tenant_id)
+        return None if settings is None else settings.synchronized_security
+
+    # -- inputs ----------------------------------------------------------------
+    def advance(self, at_ms: int) -> list[Decision]:
+        """End every timed block due by `at_ms` (in `until` order), then move the clock."""
+        decisions: list[Decision] = []
+        expiries = self._expiries
+        while expiries and expiries[0][0] <= at_ms:
+            until, _, key = heapq.heappop(expiries)
+            state = self.states.get(key)
+            if state is not None and state.blocked_until_ms == until:
+                decisions.extend(expire(state, key, until))
+        if self.now_ms is None or at_ms > self.now_ms:
+            self.now_ms = at_ms
+        return decisions
+
+    def verdict(self, verdict: Verdict) -> tuple[Outcome, list[Decision]]:
+        """Handle a verdict whose own time is its `scanned_at`."""
+        decisions = self.advance(verdict.scanned_at_ms)
+        if not verdict.qualifies:  # clean mail: counted by the caller, no state touched
+            return Outcome.NOT_QUALIFYING, decisions
+        assert self.now_ms is not None
+        state = self._state(verdict.key)
+        outcome, more = step_verdict(self.config, state, verdict, self.now_ms, self)
+        for decision in more:
+            if isinstance(decision, Block) and decision.until_ms is not None:
+                self._pushed += 1
+                heapq.heappush(self._expiries, (decision.until_ms, self._pushed, decision.key))
+        if decisions:
+            decisions.extend(more)
+            return outcome, decisions
+        return outcome, more
+
+    def directory(self, entry: DirectoryEntry) -> list[Decision]:
+        """The owner and devices from `entry.at_ms` on; an older entry never replaces a newer."""
+        decisions = self.advance(entry.at_ms)
+        known = self._directory.get(entry.key)
+        if known is None or entry.at_ms >= known.at_ms:
+            self._directory[entry.key] = entry
+        return decisions
+
+    def settings(self, settings: TenantSettings) -> list[Decision]:
+        decisions = self.advance(settings.at_ms)
+        known = self._settings.get(settings.tenant_id)
+        if known is None or settings.at_ms >= known.at_ms:
+            self._settings[settings.tenant_id] = settings
+        return decisions
+
+    def release(self, request: Release) -> tuple[list[Decision], ReleaseRefused | None]:
+        decisions = self.advance(request.at_ms)
+        assert self.now_ms is not None
+        state = self.states.get(request.key)
+        if state is None:
+            state = MailboxState()  # refused below; not stored
+        more, refused = release(state, request, self.now_ms)
+        return decisions + more, refused
+
+    def tick(self, at_ms: int) -> list[Decision]:
+        return self.advance(at_ms)
+
+    # -- inspection ------------------------------------------------------------
+    def blocked(self) -> Iterator[tuple[MailboxKey, MailboxState]]:
+        return ((key, s) for key, s in self.states.items() if s.blocked)
+
+    def _state(self, key: MailboxKey) -> MailboxState:
+        state = self.states.get(key)
+        if state is None:
+            # Sweep before creating: a fresh state is itself evictable until it counts.
+            self._created_since_sweep += 1
+            if self._created_since_sweep >= _EVICTION_BATCH:
+                self._evict()
+            state = self.states[key] = MailboxState()
+        return state
+
+    def _evict(self) -> None:
+        """Rule 6: forget mailboxes that can never matter again (bounded memory)."""
+        self._created_since_sweep = 0
+        now, window = self.now_ms, self.config.window_ms
+        if now is None:
+            return
+        for key in [k for k, s in self.states.items() if s.evictable(now, window)]:
+            del self.states[key]

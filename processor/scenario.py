@@ -1,0 +1,240 @@
+"""Scenario files: the JSON-lines format of `sendguard simulate` and `sendguard produce`.
+
+One JSON object per line; `type` is verdict, directory, settings, release or tick.
+Timestamps are ISO-8601 UTC strings (fractions allowed) or integer epoch
+milliseconds; enum values are case-insensitive. `parse_line` turns one line into a
+policy event or raises `ScenarioError` with the reason (POLICY.md, "simulate").
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from processor.policy.decisions import Alert, Block, Decision, Evidence, ScanRequest, Unblock
+from processor.policy.events import (
+    Direction,
+    DirectoryEntry,
+    MailboxKey,
+    Release,
+    TenantSettings,
+    Tick,
+    Verdict,
+    VerdictKind,
+)
+
+E = TypeVar("E", Direction, VerdictKind)
+
+Event = Verdict | DirectoryEntry | TenantSettings | Release | Tick
+
+#: Bounds of a usable timestamp: the epoch up to the end of year 9999 (ISO-8601's range).
+MAX_TIMESTAMP_MS = 253_402_300_799_999
+
+
+class ScenarioError(ValueError):
+    """A line that cannot be used, and why."""
+
+
+def parse_timestamp(value: object, field: str) -> int:
+    """ISO-8601 (UTC unless it says otherwise) or integer epoch ms -> epoch ms."""
+    if isinstance(value, bool):
+        raise ScenarioError(f"{field}: {value!r} is not a timestamp")
+    if isinstance(value, int):
+        ms = value
+    elif isinstance(value, float) and value.is_integer():
+        ms = int(value)
+    elif isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value.strip())
+        except ValueError:
+            raise ScenarioError(
+                f"{field}: {value!r} is not an ISO-8601 timestamp or epoch milliseconds"
+            ) from None
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        delta = parsed - datetime(1970, 1, 1, tzinfo=UTC)
+        ms = (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
+    else:
+        raise ScenarioError(f"{field}: {value!r} is not a timestamp")
+    if not 0 <= ms <= MAX_TIMESTAMP_MS:
+        raise ScenarioError(f"{field}: {value!r} is outside 1970-01-01 .. 9999-12-31")
+    return ms
+
+
+def format_timestamp(ms: int) -> str:
+    """Epoch ms -> `2026-01-05T10:00:00Z`, with `.123` only when there are milliseconds."""
+    seconds, millis = divmod(ms, 1000)
+    text = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{text}.{millis:03d}Z" if millis else f"{text}Z"
+
+
+def parse_line(text: str) -> Event:
+    """One scenario line -> a policy event. Raises ScenarioError."""
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ScenarioError(f"not JSON: {error.msg} (column {error.colno})") from None
+    if not isinstance(raw, dict):
+        raise ScenarioError("not a JSON object")
+    return parse_record(raw)
+
+
+def parse_record(raw: Mapping[str, Any]) -> Event:
+    kind = _string(raw, "type").strip().lower()
+    if kind == "verdict":
+        return Verdict(
+            key=_key(raw),
+            message_id=_string(raw, "message_id"),
+            direction=_enum(raw, "direction", Direction),
+            verdict=_enum(raw, "verdict", VerdictKind),
+            scanned_at_ms=parse_timestamp(_field(raw, "scanned_at"), "scanned_at"),
+        )
+    if kind == "directory":
+        devices = _field(raw, "devices")
+        if not isinstance(devices, list) or not all(
+            isinstance(d, str) and d.strip() for d in devices
+        ):
+            raise ScenarioError("devices: must be a list of device ids (non-empty strings)")
+        # A device listed twice still gets one scan request.
+        return DirectoryEntry(
+            key=_key(raw),
+            owner_id=_string(raw, "owner_id"),
+            devices=tuple(dict.fromkeys(devices)),
+            at_ms=parse_timestamp(_field(raw, "at"), "at"),
+        )
+    if kind == "settings":
+        enabled = _field(raw, "synchronized_security")
+        if not isinstance(enabled, bool):
+            raise ScenarioError(f"synchronized_security: {enabled!r} must be true or false")
+        return TenantSettings(
+            tenant_id=_string(raw, "tenant_id"),
+            synchronized_security=enabled,
+            at_ms=parse_timestamp(_field(raw, "at"), "at"),
+        )
+    if kind == "release":
+        return Release(
+            key=_key(raw),
+            actor=_string(raw, "actor"),
+            reason=_string(raw, "reason"),
+            at_ms=parse_timestamp(_field(raw, "at"), "at"),
+        )
+    if kind == "tick":
+        return Tick(at_ms=parse_timestamp(_field(raw, "at"), "at"))
+    raise ScenarioError(
+        f"type: unknown type {raw['type']!r} (verdict, directory, settings, release, tick)"
+    )
+
+
+def event_time(event: Event) -> int:
+    return event.scanned_at_ms if isinstance(event, Verdict) else event.at_ms
+
+
+def _field(raw: Mapping[str, Any], name: str) -> Any:
+    if name not in raw or raw[name] is None:
+        raise ScenarioError(f"{name}: missing")
+    return raw[name]
+
+
+def _string(raw: Mapping[str, Any], name: str) -> str:
+    value = _field(raw, name)
+    if not isinstance(value, str):
+        raise ScenarioError(f"{name}: {value!r} must be a string")
+    if not value.strip():
+        raise ScenarioError(f"{name}: must not be empty")
+    return value
+
+
+def _key(raw: Mapping[str, Any]) -> MailboxKey:
+    return MailboxKey.of(_string(raw, "tenant_id"), _string(raw, "mailbox"))
+
+
+def _enum(raw: Mapping[str, Any], name: str, enum: type[E]) -> E:
+    value = _string(raw, name)
+    try:
+        return enum[value.strip().upper()]
+    except KeyError:
+        allowed = ", ".join(member.name for member in enum)
+        raise ScenarioError(f"{name}: {value!r} is not one of {allowed}") from None
+
+
+def decision_line(decision: Decision, explain: bool = False) -> dict[str, Any]:
+    """A decision as one line of `simulate` output (POLICY.md, "Output")."""
+    key = decision.key
+    head: dict[str, Any] = {"tenant_id": key.tenant_id, "mailbox": key.mailbox}
+    if isinstance(decision, Block):
+        line = {
+            "type": "block",
+            **head,
+            "at": format_timestamp(decision.at_ms),
+            "offense": decision.offense,
+            "permanent": decision.permanent,
+            "until": _time_or_none(decision.until_ms),
+            "command_id": decision.command_id,
+        }
+        if explain:
+            line["evidence"] = _evidence(decision.evidence)
+        return line
+    if isinstance(decision, Unblock):
+        line = {
+            "type": "unblock",
+            **head,
+            "at": format_timestamp(decision.at_ms),
+            "offense": decision.offense,
+            "reason": decision.reason,
+            "command_id": decision.command_id,
+        }
+        if decision.actor is not None:
+            line["actor"] = decision.actor
+        return line
+    if isinstance(decision, ScanRequest):
+        return {
+            "type": "scan_request",
+            **head,
+            "owner_id": decision.owner_id,
+            "device_id": decision.device_id,
+            "at": format_timestamp(decision.at_ms),
+            "request_id": decision.request_id,
+        }
+    if isinstance(decision, Alert):
+        return {
+            "type": "alert",
+            **head,
+            "at": format_timestamp(decision.at_ms),
+            "kind": decision.kind,
+            "offense": decision.offense,
+            "permanent": decision.permanent,
+            "until": _time_or_none(decision.until_ms),
+            "owner_id": decision.owner_id,
+            "devices": list(decision.devices),
+            "scans_requested": decision.scans_requested,
+            "message_ids": list(decision.message_ids),
+            "evidence": _evidence(decision.evidence),
+            "alert_id": decision.alert_id,
+        }
+    line = {
+        "type": "report",
+        **head,
+        "at": format_timestamp(decision.at_ms),
+        "event": decision.event,
+        "offense": decision.offense,
+        "until": _time_or_none(decision.until_ms),
+        "report_id": decision.report_id,
+    }
+    if decision.actor is not None:
+        line["actor"] = decision.actor
+    if decision.reason is not None:
+        line["reason"] = decision.reason
+    return line
+
+
+def _time_or_none(ms: int | None) -> str | None:
+    return None if ms is None else format_timestamp(ms)
+
+
+def _evidence(evidence: tuple[Evidence, ...]) -> list[dict[str, str]]:
+    return [
+        {"message_id": e.message_id, "scanned_at": format_timestamp(e.scanned_at_ms)}
+        for e in evidence
+    ]

@@ -1,0 +1,182 @@
+"""`sendguard simulate`: the live policy over a scenario file, with no Kafka.
+
+Operators replay past verdicts through a policy before adopting it; `--compare`
+shows what a policy change would change, mailbox by mailbox.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TextIO
+
+import click
+
+from processor.policy import (
+    Block,
+    Decision,
+    DirectoryEntry,
+    Engine,
+    MailboxKey,
+    PolicyConfig,
+    PolicyConfigError,
+    Release,
+    TenantSettings,
+    Tick,
+    Verdict,
+)
+from processor.policy_file import load_policy
+from processor.scenario import ScenarioError, decision_line, format_timestamp, parse_line
+
+
+@dataclass
+class Simulation:
+    """What one run over a scenario produced."""
+
+    engine: Engine
+    decisions: list[Decision] = field(default_factory=list)
+    #: (line number, reason) for every line that could not be used.
+    rejected: list[tuple[int, str]] = field(default_factory=list)
+
+
+def run(lines: Iterable[str], config: PolicyConfig) -> Simulation:
+    """Feed scenario lines, in order, through one engine (POLICY.md, "simulate")."""
+    simulation = Simulation(Engine(config))
+    engine, out = simulation.engine, simulation.decisions
+    for number, text in enumerate(lines, start=1):
+        if not text.strip():
+            continue  # blank lines carry nothing; not an error
+        try:
+            event = parse_line(text)
+        except ScenarioError as error:
+            simulation.rejected.append((number, str(error)))
+            continue
+        if isinstance(event, Verdict):
+            out.extend(engine.verdict(event)[1])
+        elif isinstance(event, DirectoryEntry):
+            out.extend(engine.directory(event))
+        elif isinstance(event, TenantSettings):
+            out.extend(engine.settings(event))
+        elif isinstance(event, Release):
+            decisions, refused = engine.release(event)
+            out.extend(decisions)
+            if refused is not None:
+                simulation.rejected.append((number, f"release refused: {refused.reason}"))
+        elif isinstance(event, Tick):
+            out.extend(engine.tick(event.at_ms))
+    return simulation
+
+
+def _policy(path: str | None) -> PolicyConfig:
+    try:
+        return load_policy(path)
+    except PolicyConfigError as error:
+        raise click.BadParameter(str(error), param_hint="--config") from None
+
+
+@click.command()
+@click.argument("scenario", type=click.File("r", encoding="utf-8"))
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    envvar="SENDGUARD_POLICY",
+    show_envvar=True,
+    help="Policy file (YAML); the defaults of POLICY.md when omitted.",
+)
+@click.option(
+    "--compare",
+    "compare_path",
+    type=click.Path(dir_okay=False),
+    help="A second policy file: print, per mailbox, where its outcome differs.",
+)
+@click.option("--explain", is_flag=True, help="Print each block's evidence beside it.")
+def simulate(
+    scenario: TextIO, config_path: str | None, compare_path: str | None, explain: bool
+) -> None:
+    """Replay SCENARIO (JSON lines, `-` for stdin) and print what the worker would emit.
+
+    Rejected lines go to stderr with their line number; the exit status is 1 when
+    any line was rejected.
+    """
+    config = _policy(config_path)
+    lines = scenario.readlines() if compare_path else scenario
+    result = run(lines, config)
+    if compare_path is None:
+        write = sys.stdout.write
+        for decision in result.decisions:
+            write(json.dumps(decision_line(decision, explain), ensure_ascii=False) + "\n")
+    else:
+        other = run(lines, _policy(compare_path))
+        for text in compare(result.decisions, other.decisions, config_path, compare_path):
+            click.echo(text)
+    for number, reason in result.rejected:
+        click.echo(f"line {number}: {reason}", err=True)
+    if result.rejected:
+        sys.exit(1)
+
+
+BlockSummary = tuple[int, bool, int, int | None]  # offense, permanent, at, until
+
+
+def compare(
+    left: list[Decision], right: list[Decision], left_name: str | None, right_name: str | None
+) -> list[str]:
+    """Human-readable, per mailbox: blocks only one policy issues, and blocks that differ."""
+    a_name, b_name = left_name or "defaults", right_name or "defaults"
+    a, b = _blocks_by_mailbox(left), _blocks_by_mailbox(right)
+    lines = [f"A = {a_name}", f"B = {b_name}"]
+    differing = 0
+    for key in sorted(a.keys() | b.keys(), key=lambda k: (k.tenant_id, k.mailbox)):
+        a_blocks, b_blocks = a.get(key, []), b.get(key, [])
+        if a_blocks == b_blocks:
+            continue
+        differing += 1
+        lines.append(f"{key.tenant_id} {key.mailbox}: A {_count(a_blocks)}, B {_count(b_blocks)}")
+        for index in range(max(len(a_blocks), len(b_blocks))):
+            one = a_blocks[index] if index < len(a_blocks) else None
+            two = b_blocks[index] if index < len(b_blocks) else None
+            if one == two:
+                continue
+            if two is None:
+                lines.append(f"  only A: {_describe(one)}")
+            elif one is None:
+                lines.append(f"  only B: {_describe(two)}")
+            else:
+                lines.append(f"  A: {_describe(one)}")
+                lines.append(f"  B: {_describe(two)}")
+    a_total = sum(len(v) for v in a.values())
+    b_total = sum(len(v) for v in b.values())
+    lines.append(
+        f"{differing} mailbox(es) differ; A issues {a_total} block(s) "
+        f"({_permanent(a)} permanent), B issues {b_total} ({_permanent(b)} permanent)"
+    )
+    return lines
+
+
+def _blocks_by_mailbox(decisions: list[Decision]) -> dict[MailboxKey, list[BlockSummary]]:
+    blocks: dict[MailboxKey, list[BlockSummary]] = {}
+    for d in decisions:
+        if isinstance(d, Block):
+            blocks.setdefault(d.key, []).append((d.offense, d.permanent, d.at_ms, d.until_ms))
+    return blocks
+
+
+def _count(blocks: list[BlockSummary]) -> str:
+    if not blocks:
+        return "no blocks"
+    top = max(offense for offense, *_ in blocks)
+    return f"{len(blocks)} block(s), highest offense {top}"
+
+
+def _describe(block: BlockSummary | None) -> str:
+    assert block is not None
+    offense, permanent, at, until = block
+    end = "permanent" if permanent or until is None else f"until {format_timestamp(until)}"
+    return f"offense {offense} at {format_timestamp(at)}, {end}"
+
+
+def _permanent(blocks: dict[MailboxKey, list[BlockSummary]]) -> int:
+    return sum(1 for summaries in blocks.values() for s in summaries if s[1])
