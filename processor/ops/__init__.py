@@ -1,0 +1,1 @@
+"""Operations around the worker: Prometheus metrics, web views (status, support), logging."""

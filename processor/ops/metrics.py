@@ -1,0 +1,288 @@
+"""Prometheus metrics of the sendguard worker.
+
+`Metrics` owns every metric family on a registry it is given (never the global
+default), so a test or a second worker in one process gets its own counters.
+Inputs are plain values and the policy's decision dataclasses, so this module
+does not import Faust and is tested without it.
+
+The family names in `Metrics.METRIC_NAMES` are a contract shared with
+`deploy/grafana/dashboards/sendguard.json` and `deploy/prometheus/alerts.yml`;
+`tests/unit/test_deploy_files.py` checks both use only these names.
+
+Label values are drawn from small closed sets (directions, verdicts, reasons,
+offense numbers, topic partitions). No label ever carries a mailbox or tenant id:
+each distinct label value is a time series kept forever by Prometheus.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Final, assert_never, get_args
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from processor import __version__
+from processor.policy.decisions import (
+    Alert,
+    AlertKind,
+    Block,
+    Decision,
+    Report,
+    ScanRequest,
+    Unblock,
+    UnblockReason,
+)
+from processor.policy.events import Direction, VerdictKind
+
+DIRECTIONS: Final = tuple(d.value for d in Direction)
+VERDICTS: Final = tuple(v.value for v in VerdictKind)
+IGNORED_REASONS: Final = ("late", "duplicate", "while_blocked", "before_reset")
+DEAD_LETTER_REASONS: Final = (
+    "not_avro",
+    "unknown_schema",
+    "confluent_without_registry",
+    "bad_body",
+    "invalid_record",
+    "wrong_record_type",
+)
+UNBLOCK_REASONS: Final[tuple[str, ...]] = get_args(UnblockReason)
+ALERT_KINDS: Final[tuple[str, ...]] = get_args(AlertKind)
+# The default policy blocks permanently on the 6th offense, so 1..6 are every
+# offense a default deployment can reach. A policy with a later permanent offense
+# adds its few extra values on first use: still bounded by the policy file.
+PRECREATED_OFFENSES: Final = tuple(str(n) for n in range(1, 7))
+
+# From a triggering verdict's scanned_at to its BLOCK being sent. The normal path
+# (scanner -> mail.verdicts -> edge stage -> repartition -> lockout agent) takes
+# well under a second to a few seconds, hence the fine steps up to 10 s; a backlog
+# after a restart or a slow broker pushes it to minutes, which the coarse steps up
+# to 10 min still place. Beyond that it is an outage, which the consumer-lag gauge
+# measures better than a latency bucket.
+LATENCY_BUCKETS_SECONDS: Final = (
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+    600.0,
+)
+
+
+def _bool_label(value: bool) -> str:
+    return "true" if value else "false"
+
+
+def _check(value: str, allowed: tuple[str, ...], label: str) -> str:
+    # A value outside the pre-created set is a bug in the caller; adding it as a
+    # new series would hide the bug and grow the series count, so refuse it.
+    if value not in allowed:
+        raise ValueError(f"unknown {label} {value!r}; expected one of {', '.join(allowed)}")
+    return value
+
+
+class Metrics:
+    """The worker's metrics on one registry.
+
+    After construction every counter series with a known label value exists at 0,
+    so `rate()` and alert rules see a series before the first event, and
+    `sendguard_worker_info{version}` is 1. Methods raise `ValueError` for a label
+    value outside its closed set (dead-letter reasons excepted: any code is taken).
+    """
+
+    METRIC_NAMES: Final[frozenset[str]] = frozenset(
+        {
+            "sendguard_verdicts_total",
+            "sendguard_qualifying_verdicts_total",
+            "sendguard_verdicts_ignored_total",
+            "sendguard_dead_letters_total",
+            "sendguard_blocks_total",
+            "sendguard_unblocks_total",
+            "sendguard_release_refusals_total",
+            "sendguard_scan_requests_total",
+            "sendguard_alerts_total",
+            "sendguard_active_timed_blocks",
+            "sendguard_permanent_blocks",
+            "sendguard_decision_latency_seconds",
+            "sendguard_consumer_lag",
+            "sendguard_worker_info",
+        }
+    )
+
+    def __init__(self, registry: CollectorRegistry, version: str = __version__) -> None:
+        self.registry = registry
+        self._verdicts = Counter(
+            "sendguard_verdicts_total",
+            "Decoded verdicts, by direction and verdict.",
+            ["direction", "verdict"],
+            registry=registry,
+        )
+        self._qualifying = Counter(
+            "sendguard_qualifying_verdicts_total",
+            "Qualifying verdicts (outbound spam or virus).",
+            registry=registry,
+        )
+        self._ignored = Counter(
+            "sendguard_verdicts_ignored_total",
+            "Qualifying verdicts that did not count, by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        self._dead_letters = Counter(
+            "sendguard_dead_letters_total",
+            "Records sent to the dead-letter topic, by reason code.",
+            ["reason"],
+            registry=registry,
+        )
+        self._blocks = Counter(
+            "sendguard_blocks_total",
+            "BLOCK commands sent, by offense number and permanence.",
+            ["offense", "permanent"],
+            registry=registry,
+        )
+        self._unblocks = Counter(
+            "sendguard_unblocks_total",
+            "UNBLOCK commands sent, by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        self._release_refusals = Counter(
+            "sendguard_release_refusals_total",
+            "Support releases refused (the mailbox was not permanently blocked).",
+            registry=registry,
+        )
+        self._scan_requests = Counter(
+            "sendguard_scan_requests_total",
+            "Endpoint scan requests sent.",
+            registry=registry,
+        )
+        self._alerts = Counter(
+            "sendguard_alerts_total",
+            "Alerts sent to tenant admins, by kind.",
+            ["kind"],
+            registry=registry,
+        )
+        self._active_timed_blocks = Gauge(
+            "sendguard_active_timed_blocks",
+            "Timed blocks in force on this worker's partitions.",
+            registry=registry,
+        )
+        self._permanent_blocks = Gauge(
+            "sendguard_permanent_blocks",
+            "Permanent blocks in force on this worker's partitions.",
+            registry=registry,
+        )
+        self._latency = Histogram(
+            "sendguard_decision_latency_seconds",
+            "From the triggering verdict's scanned_at to its BLOCK being sent.",
+            buckets=LATENCY_BUCKETS_SECONDS,
+            registry=registry,
+        )
+        self._lag = Gauge(
+            "sendguard_consumer_lag",
+            "Records not yet consumed, by topic and partition.",
+            ["topic", "partition"],
+            registry=registry,
+        )
+        self._info = Gauge(
+            "sendguard_worker_info",
+            "Always 1; the labels describe the running worker.",
+            ["version"],
+            registry=registry,
+        )
+
+        for direction in DIRECTIONS:
+            for verdict in VERDICTS:
+                self._verdicts.labels(direction, verdict)
+        for reason in IGNORED_REASONS:
+            self._ignored.labels(reason)
+        for reason in DEAD_LETTER_REASONS:
+            self._dead_letters.labels(reason)
+        # Both permanence values for every offense: which offense is permanent is a
+        # policy setting, and a missing series would read as "no data", not 0.
+        for offense in PRECREATED_OFFENSES:
+            for permanent in (False, True):
+                self._blocks.labels(offense, _bool_label(permanent))
+        for reason in UNBLOCK_REASONS:
+            self._unblocks.labels(reason)
+        for kind in ALERT_KINDS:
+            self._alerts.labels(kind)
+        self._info.labels(version).set(1)
+
+    def verdict(self, direction: str, verdict: str) -> None:
+        """Count one decoded verdict (call for every verdict, clean ones included)."""
+        self._verdicts.labels(
+            _check(direction, DIRECTIONS, "direction"), _check(verdict, VERDICTS, "verdict")
+        ).inc()
+
+    def qualifying(self) -> None:
+        """Count one qualifying verdict, before the policy decides whether it counts."""
+        self._qualifying.inc()
+
+    def ignored(self, reason: str) -> None:
+        """Count one qualifying verdict the policy ignored: late, duplicate, ..."""
+        self._ignored.labels(_check(reason, IGNORED_REASONS, "ignored reason")).inc()
+
+    def dead_letter(self, reason: str) -> None:
+        """Count one record sent to the dead-letter topic under its reason code."""
+        self._dead_letters.labels(reason).inc()
+
+    def decisions(
+        self, decisions: Iterable[Decision], now_ms: int, triggered_at_ms: int | None
+    ) -> None:
+        """Count the decisions of one policy step, as they are sent at `now_ms`.
+
+        `triggered_at_ms` is the scanned_at of the verdict that caused the step, or
+        None when no verdict did (a tick, a release): then a Block records no latency.
+        """
+        for decision in decisions:
+            match decision:
+                case Block():
+                    self._blocks.labels(
+                        str(decision.offense), _bool_label(decision.permanent)
+                    ).inc()
+                    if triggered_at_ms is not None:
+                        # A scanned_at ahead of the worker's clock (scanner skew, up
+                        # to the 5 minutes POLICY.md rule 7 tolerates) would give a
+                        # negative time; the block was still sent at once, so it
+                        # counts as 0 rather than pulling the sum below the truth.
+                        self._latency.observe(max(0, now_ms - triggered_at_ms) / 1000)
+                case Unblock():
+                    self._unblocks.labels(decision.reason).inc()
+                case ScanRequest():
+                    self._scan_requests.inc()
+                case Alert():
+                    self._alerts.labels(decision.kind).inc()
+                case Report():
+                    # The other report events mirror a Block or Unblock counted above.
+                    if decision.event == "release_refused":
+                        self._release_refusals.inc()
+                case _:
+                    assert_never(decision)
+
+    def set_blocks(self, timed: int, permanent: int) -> None:
+        """Set the numbers of timed and permanent blocks in force on this worker."""
+        self._active_timed_blocks.set(timed)
+        self._permanent_blocks.set(permanent)
+
+    def set_lag(self, topic: str, partition: int, lag: int) -> None:
+        """Set the consumer lag of one assigned partition."""
+        self._lag.labels(topic, str(partition)).set(lag)
+
+    def remove_lag(self, topic: str, partition: int) -> None:
+        """Drop the lag series of a partition no longer assigned to this worker.
+
+        Without this, a revoked partition would report its last lag forever.
+        Removing a series that was never set is not an error.
+        """
+        self._lag.remove(topic, str(partition))
+
+    def render(self) -> bytes:
+        """The registry in the Prometheus text exposition format."""
+        return generate_latest(self.registry)
