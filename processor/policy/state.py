@@ -55,10 +55,15 @@ class MailboxState:
         return self.blocked_until_ms is not None and self.blocked_until_ms <= now_ms
 
     def evictable(self, now_ms: int, window_ms: int) -> bool:
-        """Rule 6: nothing here could matter again, so the state may be forgotten.
+        """Rule 6: the state of a quiet mailbox may be forgotten, so memory stays bounded.
 
-        Also required: the mailbox was never blocked or allowlisted, because the
-        counters behind decision ids must survive (rule 13).
+        Required: no offense, no block, and H and the last unblock or release more
+        than two windows behind `now_ms`. Also required: the mailbox was never
+        blocked or allowlisted, because the counters behind decision ids must
+        survive (rule 13). Window entries are all at or before H, so they are old
+        too: only a verdict delayed by more than a window behind the clock could
+        still have joined them. We forget them anyway — otherwise every mailbox
+        that ever sent one stray spam would be kept forever (README, "Policy choices").
         """
         horizon = now_ms - 2 * window_ms
         return (
@@ -66,7 +71,6 @@ class MailboxState:
             and self.sequence == 0
             and self.allowlist_hits == 0
             and not self.blocked
-            and not self.window
             and (self.high_water_ms is None or self.high_water_ms < horizon)
             and (self.counts_from_ms is None or self.counts_from_ms < horizon)
         )
