@@ -1,0 +1,1 @@
+"""Avro for sendguard: schemas, wire formats, and records <-> policy types."""

@@ -1,0 +1,45 @@
+"""The one error of decoding and validating input records."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+DecodeReason = Literal[
+    "not_avro",
+    "unknown_schema",
+    "confluent_without_registry",
+    "registry_unavailable",
+    "bad_body",
+    "wrong_schema",
+    "invalid_record",
+]
+
+# Every reason, so metrics can pre-create one labelled counter per reason at zero.
+DECODE_REASONS: tuple[DecodeReason, ...] = (
+    "not_avro",
+    "unknown_schema",
+    "confluent_without_registry",
+    "registry_unavailable",
+    "bad_body",
+    "wrong_schema",
+    "invalid_record",
+)
+
+
+class DecodeError(Exception):
+    """An input record cannot be used.
+
+    `reason` is a short stable code (one of `DECODE_REASONS`, fit for a Prometheus
+    label and the dead-letter record); `detail` is for humans and names the
+    offending field when there is one. `registry_unavailable` is the only transient
+    reason: the same bytes may decode once the schema registry answers again.
+    """
+
+    def __init__(self, reason: DecodeReason, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason: DecodeReason = reason
+        self.detail = detail
+
+
+class EncodeError(Exception):
+    """A record does not fit its schema (a bug in the caller, not bad input)."""

@@ -1,0 +1,372 @@
+"""Avro records <-> policy types: validation on the way in, conversion on the way out.
+
+Inbound (`*_from_record`): a decoded record (a dict) becomes a policy event, or
+DecodeError `invalid_record` names the field that is missing, ill-typed, empty or
+absurd. Mailboxes are normalised here (`MailboxKey.of`), once, at the edge.
+
+Outbound (`record_of`, `key_of`, `topic_of`): a decision (or an input event, for
+producers and tests) becomes the record name and dict to hand to `Codec.encode`,
+and the topic and key it goes to. Timestamps are `int` epoch milliseconds.
+
+`verdict_from_record` runs for every verdict on the hot path, so it is written
+out flat rather than through generic helpers.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from typing import Any, NoReturn
+
+from processor import topics
+from processor.codec.errors import DecodeError
+from processor.policy.decisions import Alert, Block, Decision, Report, ScanRequest, Unblock
+from processor.policy.events import (
+    Direction,
+    DirectoryEntry,
+    MailboxKey,
+    Release,
+    TenantSettings,
+    Verdict,
+    VerdictKind,
+    normalise_mailbox,
+)
+
+# 9999-12-31T23:59:59.999Z: later (or negative) event times are a broken clock, not data.
+MAX_TIMESTAMP_MS = 253_402_300_799_999
+
+_DIRECTIONS = {d.value: d for d in Direction}
+_VERDICTS = {v.value: v for v in VerdictKind}
+# Fixed namespace for ids of support actions built from a Release (see release_action_id).
+_RELEASE_NAMESPACE = uuid.UUID("0b8f4d8e-3a51-4c52-9d0e-7f2a6c1b5e93")
+
+Record = dict[str, Any]
+
+
+def _invalid(record: str, field: str, problem: str) -> DecodeError:
+    return DecodeError("invalid_record", f"{record}.{field}: {problem}")
+
+
+def _get(rec: Mapping[str, Any], record: str, field: str) -> Any:
+    try:
+        return rec[field]
+    except KeyError:
+        raise _invalid(record, field, "missing") from None
+    except TypeError:  # not a mapping at all
+        raise DecodeError(
+            "invalid_record", f"{record}: expected a record, got {type(rec).__name__}"
+        ) from None
+
+
+def _str(rec: Mapping[str, Any], record: str, field: str) -> str:
+    value = _get(rec, record, field)
+    if type(value) is not str:
+        raise _invalid(record, field, f"expected a string, got {type(value).__name__}")
+    if not value.strip():
+        raise _invalid(record, field, "empty")
+    return value
+
+
+def _opt_str(rec: Mapping[str, Any], record: str, field: str) -> str | None:
+    value = rec.get(field)
+    if value is None:
+        return None
+    if type(value) is not str:
+        raise _invalid(record, field, f"expected a string or null, got {type(value).__name__}")
+    return value
+
+
+def _timestamp(rec: Mapping[str, Any], record: str, field: str) -> int:
+    value = _get(rec, record, field)
+    if type(value) is not int:
+        raise _invalid(record, field, f"expected epoch milliseconds, got {type(value).__name__}")
+    if not 0 <= value <= MAX_TIMESTAMP_MS:
+        raise _invalid(record, field, f"timestamp {value} is before 1970 or after year 9999")
+    return value
+
+
+def _bool(rec: Mapping[str, Any], record: str, field: str) -> bool:
+    value = _get(rec, record, field)
+    if type(value) is not bool:
+        raise _invalid(record, field, f"expected a boolean, got {type(value).__name__}")
+    return value
+
+
+def _mailbox(rec: Mapping[str, Any], record: str) -> MailboxKey:
+    tenant_id = _str(rec, record, "tenant_id")
+    mailbox = normalise_mailbox(_str(rec, record, "mailbox"))
+    return MailboxKey(tenant_id, mailbox)
+
+
+def _devices(rec: Mapping[str, Any], record: str) -> tuple[str, ...]:
+    value = _get(rec, record, "devices")
+    if not isinstance(value, list | tuple):
+        raise _invalid(record, "devices", f"expected a list, got {type(value).__name__}")
+    for i, device in enumerate(value):
+        if type(device) is not str or not device.strip():
+            raise _invalid(record, f"devices[{i}]", "expected a non-empty string")
+    return tuple(value)
+
+
+# -- inbound ------------------------------------------------------------------
+
+
+def verdict_from_record(rec: Mapping[str, Any]) -> Verdict:
+    """A validated Verdict; DecodeError `invalid_record` naming the field otherwise."""
+    try:
+        tenant_id = rec["tenant_id"]
+        message_id = rec["message_id"]
+        mailbox = rec["mailbox"]
+        direction = _DIRECTIONS.get(rec["direction"])
+        kind = _VERDICTS.get(rec["verdict"])
+        scanned_at = rec["scanned_at"]
+    except (KeyError, TypeError):  # missing field, not a mapping, unhashable enum value
+        _verdict_problem(rec)
+    if (
+        type(tenant_id) is str
+        and tenant_id.strip()
+        and type(message_id) is str
+        and message_id.strip()
+        and type(mailbox) is str
+        and (mailbox := mailbox.strip().lower())  # normalise_mailbox, inlined
+        and direction is not None
+        and kind is not None
+        and type(scanned_at) is int
+        and 0 <= scanned_at <= MAX_TIMESTAMP_MS
+    ):
+        return Verdict(MailboxKey(tenant_id, mailbox), message_id, direction, kind, scanned_at)
+    _verdict_problem(rec)
+
+
+def _verdict_problem(rec: Mapping[str, Any]) -> NoReturn:
+    """The slow path: find and raise the first thing wrong with a verdict record."""
+    _mailbox(rec, "Verdict")
+    _str(rec, "Verdict", "message_id")
+    for field, allowed in (("direction", _DIRECTIONS), ("verdict", _VERDICTS)):
+        value = _get(rec, "Verdict", field)
+        if not isinstance(value, str) or value not in allowed:
+            raise _invalid("Verdict", field, f"{value!r} is not one of {', '.join(allowed)}")
+    _timestamp(rec, "Verdict", "scanned_at")
+    raise AssertionError(f"verdict record rejected but no problem found: {rec!r}")
+
+
+def directory_entry_from_record(rec: Mapping[str, Any]) -> DirectoryEntry:
+    """A validated DirectoryEntry; DecodeError `invalid_record` naming the field otherwise."""
+    key = _mailbox(rec, "DirectoryEntry")
+    return DirectoryEntry(
+        key=key,
+        owner_id=_str(rec, "DirectoryEntry", "owner_id"),
+        devices=_devices(rec, "DirectoryEntry"),
+        at_ms=_timestamp(rec, "DirectoryEntry", "at"),
+    )
+
+
+def tenant_settings_from_record(rec: Mapping[str, Any]) -> TenantSettings:
+    """Validated TenantSettings; DecodeError `invalid_record` naming the field otherwise."""
+    return TenantSettings(
+        tenant_id=_str(rec, "TenantSettings", "tenant_id"),
+        synchronized_security=_bool(rec, "TenantSettings", "synchronized_security"),
+        at_ms=_timestamp(rec, "TenantSettings", "at"),
+    )
+
+
+def release_from_record(rec: Mapping[str, Any]) -> Release:
+    """A Release from a SupportAction record; DecodeError `invalid_record` naming the field.
+
+    `action_id` must be present (it is the audit id) though the policy does not use it.
+    """
+    _str(rec, "SupportAction", "action_id")
+    action = _get(rec, "SupportAction", "action")
+    if action != "RELEASE":
+        raise _invalid("SupportAction", "action", f"{action!r} is not RELEASE")
+    return Release(
+        key=_mailbox(rec, "SupportAction"),
+        actor=_str(rec, "SupportAction", "actor"),
+        reason=_str(rec, "SupportAction", "reason"),
+        at_ms=_timestamp(rec, "SupportAction", "at"),
+    )
+
+
+def mailbox_key_from_record(rec: Mapping[str, Any]) -> MailboxKey:
+    """A MailboxKey record as the policy type (mailbox normalised)."""
+    return _mailbox(rec, "MailboxKey")
+
+
+# -- outbound -----------------------------------------------------------------
+
+
+def release_action_id(release: Release) -> str:
+    """A stable id for a release built in code (CLI, tests): same release, same id."""
+    name = f"{release.key.tenant_id}\x1f{release.key.mailbox}\x1f{release.actor}\x1f{release.at_ms}"
+    return str(uuid.uuid5(_RELEASE_NAMESPACE, name))
+
+
+def _evidence(evidence: tuple[Any, ...]) -> list[Record]:
+    return [{"message_id": e.message_id, "scanned_at": e.scanned_at_ms} for e in evidence]
+
+
+def record_of(
+    obj: Decision | Verdict | DirectoryEntry | TenantSettings | Release,
+) -> tuple[str, Record]:
+    """(record name, value record) of a decision, or of an input event for producers."""
+    match obj:
+        case Block():
+            return "MailboxCommand", {
+                "command_id": obj.command_id,
+                "action": "BLOCK",
+                "tenant_id": obj.key.tenant_id,
+                "mailbox": obj.key.mailbox,
+                "at": obj.at_ms,
+                "offense": obj.offense,
+                "permanent": obj.permanent,
+                "until": obj.until_ms,
+                "reason": None,
+                "actor": None,
+                "note": None,
+                "block_sequence": obj.sequence,
+            }
+        case Unblock():
+            return "MailboxCommand", {
+                "command_id": obj.command_id,
+                "action": "UNBLOCK",
+                "tenant_id": obj.key.tenant_id,
+                "mailbox": obj.key.mailbox,
+                "at": obj.at_ms,
+                "offense": obj.offense,
+                "permanent": False,
+                "until": None,
+                "reason": obj.reason,
+                "actor": obj.actor,
+                "note": obj.note,
+                "block_sequence": obj.sequence,
+            }
+        case ScanRequest():
+            return "ScanRequest", {
+                "request_id": obj.request_id,
+                "tenant_id": obj.key.tenant_id,
+                "mailbox": obj.key.mailbox,
+                "owner_id": obj.owner_id,
+                "device_id": obj.device_id,
+                "at": obj.at_ms,
+                "block_sequence": obj.sequence,
+                "reason": f"{obj.key.mailbox} was blocked for sending spam or viruses; "
+                "scan this device for malware.",
+            }
+        case Alert():
+            return "Alert", {
+                "alert_id": obj.alert_id,
+                "tenant_id": obj.key.tenant_id,
+                "mailbox": obj.key.mailbox,
+                "at": obj.at_ms,
+                "kind": obj.kind,
+                "offense": obj.offense,
+                "permanent": obj.permanent,
+                "until": obj.until_ms,
+                "owner_id": obj.owner_id,
+                "devices": list(obj.devices),
+                "scans_requested": obj.scans_requested,
+                "evidence": _evidence(obj.evidence),
+            }
+        case Report():
+            return "Report", {
+                "report_id": obj.report_id,
+                "tenant_id": obj.key.tenant_id,
+                "mailbox": obj.key.mailbox,
+                "at": obj.at_ms,
+                "event": obj.event,
+                "offense": obj.offense,
+                "until": obj.until_ms,
+                "actor": obj.actor,
+                "reason": obj.reason,
+            }
+        case Verdict():
+            return "Verdict", {
+                "tenant_id": obj.key.tenant_id,
+                "message_id": obj.message_id,
+                "mailbox": obj.key.mailbox,
+                "direction": obj.direction.value,
+                "verdict": obj.verdict.value,
+                "scanned_at": obj.scanned_at_ms,
+            }
+        case DirectoryEntry():
+            return "DirectoryEntry", {
+                "tenant_id": obj.key.tenant_id,
+                "mailbox": obj.key.mailbox,
+                "owner_id": obj.owner_id,
+                "devices": list(obj.devices),
+                "at": obj.at_ms,
+            }
+        case TenantSettings():
+            return "TenantSettings", {
+                "tenant_id": obj.tenant_id,
+                "synchronized_security": obj.synchronized_security,
+                "at": obj.at_ms,
+            }
+        case Release():
+            return "SupportAction", {
+                "action_id": release_action_id(obj),
+                "action": "RELEASE",
+                "tenant_id": obj.key.tenant_id,
+                "mailbox": obj.key.mailbox,
+                "actor": obj.actor,
+                "reason": obj.reason,
+                "at": obj.at_ms,
+            }
+    raise TypeError(f"no record for {type(obj).__name__}")
+
+
+def key_of(
+    obj: Decision | Verdict | DirectoryEntry | TenantSettings | Release,
+) -> tuple[str, Record]:
+    """(record name, key record) under which `obj` is produced.
+
+    Scan requests are keyed by device, tenant settings by tenant, everything else
+    by mailbox (verdicts too, when sendguard's own tools produce them).
+    """
+    if isinstance(obj, ScanRequest):
+        return "DeviceKey", {"tenant_id": obj.key.tenant_id, "device_id": obj.device_id}
+    if isinstance(obj, TenantSettings):
+        return "TenantKey", {"tenant_id": obj.tenant_id}
+    return "MailboxKey", {"tenant_id": obj.key.tenant_id, "mailbox": obj.key.mailbox}
+
+
+_TOPIC_OF: dict[type, str] = {
+    Block: topics.MAILBOX_CONTROL,
+    Unblock: topics.MAILBOX_CONTROL,
+    ScanRequest: topics.SCAN_REQUESTS,
+    Alert: topics.SECURITY_ALERTS,
+    Report: topics.MAIL_REPORTS,
+    Verdict: topics.MAIL_VERDICTS,
+    DirectoryEntry: topics.DIRECTORY_MAILBOXES,
+    TenantSettings: topics.TENANT_SETTINGS,
+    Release: topics.SUPPORT_ACTIONS,
+}
+
+
+def topic_of(obj: Decision | Verdict | DirectoryEntry | TenantSettings | Release) -> str:
+    """The topic `obj` is produced to."""
+    return _TOPIC_OF[type(obj)]
+
+
+def dead_letter_record(
+    reason: str,
+    detail: str,
+    *,
+    source_topic: str,
+    source_partition: int,
+    source_offset: int,
+    key: bytes | None,
+    value: bytes | None,
+    at_ms: int,
+) -> Record:
+    """The DeadLetter value for an input record that could not be used."""
+    return {
+        "reason": reason,
+        "detail": detail,
+        "source_topic": source_topic,
+        "source_partition": source_partition,
+        "source_offset": source_offset,
+        "key": key,
+        "value": value,
+        "at": at_ms,
+    }

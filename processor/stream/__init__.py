@@ -1,0 +1,1 @@
+"""Kafka wiring: the Faust app, topics, tables, agents and the topic admin."""
