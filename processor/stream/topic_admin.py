@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,8 @@ DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 CONNECT_TIMEOUT_S = 6.0
 # Topic creation waits for the controller; generous but bounded.
 REQUEST_TIMEOUT_S = 30.0
+# How long a just-created topic may take to appear in the brokers' metadata.
+PROPAGATION_TIMEOUT_S = 10.0
 
 
 # librdkafka would print every failed connection attempt to stderr; we report an
@@ -92,10 +95,9 @@ def _metadata(admin: Any, bootstrap: str) -> Any:
 def existing_topics(bootstrap: str) -> dict[str, tuple[int, int]]:
     """Topic name -> (partitions, replication factor) of every topic on the broker."""
     metadata = _metadata(_admin(bootstrap), bootstrap)
+    # Topics still being created (no leader yet) are listed too, with what is known.
     return {
-        name: (len(t.partitions), _replication_factor(t))
-        for name, t in metadata.topics.items()
-        if t.error is None
+        name: (len(t.partitions), _replication_factor(t)) for name, t in metadata.topics.items()
     }
 
 
@@ -112,8 +114,8 @@ def apply_topics(bootstrap: str, specs: list[TopicSpec]) -> ApplyResult:
     """
     from confluent_kafka import KafkaError, KafkaException
 
-    # The documented import path; the package re-exports them without __all__.
-    from confluent_kafka.admin import ConfigResource, NewTopic  # type: ignore[attr-defined]
+    # The documented import path; the package re-exports it without __all__.
+    from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
 
     admin = _admin(bootstrap)
     metadata = _metadata(admin, bootstrap)
@@ -142,33 +144,71 @@ def apply_topics(bootstrap: str, specs: list[TopicSpec]) -> ApplyResult:
                 error = exc.args[0] if exc.args else None
                 if getattr(error, "code", lambda: None)() != KafkaError.TOPIC_ALREADY_EXISTS:
                     raise TopicAdminError(f"cannot create {spec.name}: {error or exc}") from exc
-                # Created concurrently by someone else: compare it like any existing topic.
-                metadata = _metadata(admin, bootstrap)
+                # Created concurrently by someone else: compared below like any existing topic.
             except TimeoutError as exc:
                 raise TopicAdminError(f"creating {spec.name} timed out") from exc
 
+    if result.created:
+        _await_visible(admin, bootstrap, result.created)
     existing = [s for s in specs if s.name not in result.created]
-    if not existing:
-        return result
-    resources = [ConfigResource(ConfigResource.Type.TOPIC, s.name) for s in existing]
-    config_futures = admin.describe_configs(resources, request_timeout=REQUEST_TIMEOUT_S)
-    for spec, resource in zip(existing, resources, strict=True):
-        try:
-            entries = config_futures[resource].result(timeout=REQUEST_TIMEOUT_S + 5)
-        except (KafkaException, TimeoutError) as exc:
-            raise TopicAdminError(f"cannot read the configs of {spec.name}: {exc}") from exc
-        topic = metadata.topics.get(spec.name)
-        if topic is None:  # raced into existence above; re-read
-            topic = _metadata(admin, bootstrap).topics[spec.name]
-        actual_configs = {name: entry.value for name, entry in entries.items()}
-        differences = compare(
-            spec, len(topic.partitions), _replication_factor(topic), actual_configs
-        )
+    for spec in existing:
+        partitions, replication_factor, configs = _describe(admin, bootstrap, spec.name)
+        differences = compare(spec, partitions, replication_factor, configs)
         if differences:
             result.differences.extend(differences)
         else:
             result.unchanged.append(spec.name)
     return result
+
+
+def _await_visible(admin: Any, bootstrap: str, names: list[str]) -> None:
+    """Wait until new topics have leaders: creation returns before metadata catches up."""
+    deadline = time.monotonic() + PROPAGATION_TIMEOUT_S
+    pending = set(names)
+    while pending:
+        topics = _metadata(admin, bootstrap).topics
+        pending = {n for n in pending if n not in topics or not _ready(topics[n])}
+        if pending and time.monotonic() > deadline:
+            raise TopicAdminError(f"created but not visible yet: {', '.join(sorted(pending))}")
+        if pending:
+            time.sleep(0.1)
+
+
+def _ready(topic_metadata: Any) -> bool:
+    return topic_metadata.error is None and bool(topic_metadata.partitions)
+
+
+def _describe(admin: Any, bootstrap: str, name: str) -> tuple[int, int, dict[str, str | None]]:
+    """(partitions, replication factor, configs) of an existing topic.
+
+    A topic created a moment ago (by us or anyone) can be unknown to the broker that
+    answers: retry briefly instead of reporting a phantom error.
+    """
+    from confluent_kafka import KafkaError, KafkaException
+    from confluent_kafka.admin import ConfigResource  # type: ignore[attr-defined]
+
+    deadline = time.monotonic() + PROPAGATION_TIMEOUT_S
+    while True:
+        try:
+            topic = _metadata(admin, bootstrap).topics.get(name)
+            if topic is None or not _ready(topic):
+                raise KafkaException(KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART))
+            resource = ConfigResource(ConfigResource.Type.TOPIC, name)
+            future = admin.describe_configs([resource], request_timeout=REQUEST_TIMEOUT_S)[resource]
+            entries = future.result(timeout=REQUEST_TIMEOUT_S + 5)
+            configs = {config: entry.value for config, entry in entries.items()}
+            return len(topic.partitions), _replication_factor(topic), configs
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args else None
+            retriable = getattr(error, "code", lambda: None)() in (
+                KafkaError.UNKNOWN_TOPIC_OR_PART,
+                KafkaError.LEADER_NOT_AVAILABLE,
+            )
+            if not retriable or time.monotonic() > deadline:
+                raise TopicAdminError(f"cannot describe {name}: {error or exc}") from exc
+            time.sleep(0.2)
+        except TimeoutError as exc:
+            raise TopicAdminError(f"describing {name} timed out") from exc
 
 
 def compare(
