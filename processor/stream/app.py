@@ -1,0 +1,34 @@
+"""The Faust app, built from `WorkerSettings`, and nothing else (topics, tables,
+agents, timers and views are defined on it by their own modules)."""
+
+from __future__ import annotations
+
+import faust
+
+from processor.stream.settings import WorkerSettings
+
+
+def create_app(settings: WorkerSettings) -> faust.App:
+    connection = settings.connection
+    return faust.App(
+        settings.names.app_id,
+        broker=[f"kafka://{server.strip()}" for server in connection.bootstrap.split(",")],
+        broker_credentials=connection.faust_credentials(),
+        store=settings.store_url,
+        # One directory per app id: two apps must never share (or reuse) a store.
+        datadir=str(settings.data_dir / settings.names.app_id),
+        autodiscover=False,
+        # The internal topic and the changelog must have the same partitions:
+        # the table is written on the partition of the event being processed.
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication_factor,
+        table_standby_replicas=settings.standby_replicas,
+        # A new app id starts at the beginning of the internal topic, never its end:
+        # events written before the first worker joined must not be skipped.
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        web_enabled=True,
+        web_host=settings.web_host,
+        web_port=settings.web_port,
+        web_in_thread=False,
+    )

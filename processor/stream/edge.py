@@ -1,0 +1,375 @@
+"""The edge stage: every verdict decoded, counted, and dropped unless it qualifies.
+
+A confluent-kafka consumer loop, in its own process (a bare Faust agent manages
+about 12 k events/s; the target is 50 k/s per worker, and a separate process also
+keeps the GIL away from the stateful agent). Per batch:
+
+    consume ≤ batch_size from mail.verdicts and mailbox.support-actions
+      ─► decode + validate each record (processor.codec)
+           bad ──► sendguard.dead-letter (reason, source topic/partition/offset, raw bytes)
+           clean or inbound ──► counted, dropped
+           qualifying verdict / support release ──► internal topic, keyed by mailbox
+      ─► flush: wait until every produce of the batch is delivered
+      ─► commit the batch's source offsets
+
+Offsets are committed only after delivery, so a crash replays at most one batch
+(at-least-once); the policy drops replayed verdicts by message id and replayed
+releases find the mailbox already released (their refusal report has a fixed id).
+The producer is idempotent, so its retries neither duplicate nor reorder a
+mailbox's events. Keys are partitioned with murmur2 like Java and aiokafka, so a
+mailbox's events from here and the timer's ticks (sent by Faust) share a partition.
+
+A schema registry that does not answer is not the record's fault: the batch is
+retried (not dead-lettered, not committed) until it answers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from processor.codec import records
+from processor.codec.errors import DecodeError
+from processor.codec.wire import Codec, CodecConfig
+from processor.stream import events
+
+log = logging.getLogger(__name__)
+
+VERDICT = "io.sendguard.v1.Verdict"
+SUPPORT_ACTION = "io.sendguard.v1.SupportAction"
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeConfig:
+    client_config: dict[str, Any]
+    group_id: str
+    verdicts_topic: str
+    support_topic: str
+    internal_topic: str
+    dead_letter_topic: str
+    codec_config: CodecConfig = field(default_factory=CodecConfig)
+    batch_size: int = 5000
+    poll_timeout_s: float = 0.2
+    #: How often counters (and lag every `lag_every_s`) are reported to the worker.
+    report_every_s: float = 1.0
+    lag_every_s: float = 5.0
+
+
+@dataclass(slots=True)
+class EdgeCounts:
+    """What the edge stage did since the last report (the worker adds it to metrics)."""
+
+    verdicts: Counter[tuple[str, str]] = field(default_factory=Counter)
+    qualifying: int = 0
+    releases: int = 0
+    dead_letters: Counter[str] = field(default_factory=Counter)
+    #: (topic, partition) -> lag, when measured in this interval.
+    lag: dict[tuple[str, int], int] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(
+            self.verdicts or self.qualifying or self.releases or self.dead_letters or self.lag
+        )
+
+
+class DeliveryFailed(Exception):
+    """A produce of the batch was not delivered: the batch must not be committed."""
+
+
+class TransientDecodeError(Exception):
+    """A record could not be decoded for a reason that may pass (schema registry down)."""
+
+
+class EdgeStage:
+    """The loop itself; `process_batch` is the per-batch work, reusable by benchmarks."""
+
+    def __init__(self, config: EdgeConfig, codec: Codec | None = None) -> None:
+        from confluent_kafka import Consumer, Producer
+
+        self.config = config
+        self.codec = codec if codec is not None else Codec.from_config(config.codec_config)
+        self.consumer = Consumer(
+            {
+                **config.client_config,
+                "group.id": config.group_id,
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+                # Cooperative rebalancing: a second worker joining does not stop this one.
+                "partition.assignment.strategy": "cooperative-sticky",
+                "fetch.min.bytes": 65536,
+                "fetch.wait.max.ms": 100,
+            }
+        )
+        self.producer = Producer(
+            {
+                **config.client_config,
+                # The Java client's (and aiokafka's) partitioner: the timer's ticks,
+                # sent by Faust, must land on the partition of the mailbox's verdicts.
+                "partitioner": "murmur2_random",
+                "enable.idempotence": True,
+                "acks": "all",
+                "linger.ms": 5,
+                # No compression: aiokafka (the agent's consumer) ships without lz4
+                # and snappy, and the internal records are small and few.
+            }
+        )
+        self.counts = EdgeCounts()
+        self._failed: list[str] = []
+
+    def subscribe(self) -> None:
+        self.consumer.subscribe([self.config.verdicts_topic, self.config.support_topic])
+
+    def _delivered(self, error: Any, message: Any) -> None:
+        if error is not None:
+            self._failed.append(f"{message.topic()}: {error}")
+
+    def _produce(self, topic: str, key: bytes | None, value: bytes) -> None:
+        while True:
+            try:
+                self.producer.produce(topic, value, key, on_delivery=self._delivered)
+                return
+            except BufferError:  # local queue full: let deliveries drain
+                self.producer.poll(0.05)
+
+    def process_batch(self, messages: list[Any]) -> None:
+        """Decode, count, dead-letter and forward one batch; produces are not yet flushed.
+
+        Raises TransientDecodeError (nothing of the batch may be committed).
+        """
+        counts = self.counts
+        verdict_counts = counts.verdicts
+        decode = self.codec.decode
+        verdict_from_record = records.verdict_from_record
+        verdicts_topic = self.config.verdicts_topic
+        internal = self.config.internal_topic
+        encode_key, encode_event = events.encode_key, events.encode_event
+        for message in messages:
+            if message.error() is not None:
+                log.warning("consume error: %s", message.error())
+                continue
+            value = message.value()
+            try:
+                if value is None:
+                    raise DecodeError("not_avro", "no value (a tombstone)")
+                name, record = decode(value)
+                if message.topic() == verdicts_topic:
+                    if name != VERDICT:
+                        raise DecodeError("wrong_schema", f"expected {VERDICT}, got {name}")
+                    verdict = verdict_from_record(record)
+                    verdict_counts[verdict.direction.value, verdict.verdict.value] += 1
+                    if not verdict.qualifies:
+                        continue
+                    counts.qualifying += 1
+                    event: events.MailboxEvent = verdict
+                else:
+                    if name != SUPPORT_ACTION:
+                        raise DecodeError("wrong_schema", f"expected {SUPPORT_ACTION}, got {name}")
+                    event = records.release_from_record(record)
+                    counts.releases += 1
+            except DecodeError as error:
+                if error.reason == "registry_unavailable":
+                    raise TransientDecodeError(str(error)) from error
+                self._dead_letter(message, error)
+                continue
+            self._produce(internal, encode_key(event.key), encode_event(event))
+
+    def _dead_letter(self, message: Any, error: DecodeError) -> None:
+        self.counts.dead_letters[error.reason] += 1
+        record = records.dead_letter_record(
+            error.reason,
+            error.detail,
+            source_topic=message.topic(),
+            source_partition=message.partition(),
+            source_offset=message.offset(),
+            key=message.key(),
+            value=message.value(),
+            at_ms=int(time.time() * 1000),
+        )
+        self._produce(
+            self.config.dead_letter_topic, message.key(), self.codec.encode("DeadLetter", record)
+        )
+
+    def flush(self) -> None:
+        """Wait until every produce so far is delivered; raises DeliveryFailed."""
+        remaining = self.producer.flush(30)
+        if self._failed or remaining:
+            failed, self._failed = self._failed, []
+            raise DeliveryFailed(f"{remaining} undelivered, failures: {failed[:3]}")
+
+    def commit(self, messages: list[Any]) -> None:
+        """Commit the offsets after the last message of each partition in `messages`."""
+        from confluent_kafka import TopicPartition
+
+        last: dict[tuple[str, int], int] = {}
+        for message in messages:
+            if message.error() is None:
+                last[message.topic(), message.partition()] = message.offset()
+        if last:
+            # Asynchronous is enough: a lost commit only replays already-delivered work.
+            self.consumer.commit(
+                offsets=[TopicPartition(t, p, o + 1) for (t, p), o in last.items()],
+                asynchronous=True,
+            )
+
+    def measure_lag(self) -> None:
+        for tp in self.consumer.assignment():
+            with contextlib.suppress(Exception):
+                _, high = self.consumer.get_watermark_offsets(tp, cached=True)
+                position = self.consumer.position([tp])[0].offset
+                if high >= 0 and position >= 0:
+                    self.counts.lag[tp.topic, tp.partition] = max(0, high - position)
+
+    def take_counts(self) -> EdgeCounts:
+        counts, self.counts = self.counts, EdgeCounts()
+        return counts
+
+    def run(self, stopping: Callable[[], bool], report: Callable[[EdgeCounts], None]) -> None:
+        """Consume until `stopping()`; `report` receives counters every `report_every_s`."""
+        self.subscribe()
+        next_report = time.monotonic() + self.config.report_every_s
+        next_lag = time.monotonic()
+        try:
+            while not stopping():
+                messages = self.consumer.consume(self.config.batch_size, self.config.poll_timeout_s)
+                if messages:
+                    self._handle(messages)
+                now = time.monotonic()
+                if now >= next_lag:
+                    self.measure_lag()
+                    next_lag = now + self.config.lag_every_s
+                if now >= next_report:
+                    counts = self.take_counts()
+                    if counts:
+                        report(counts)
+                    next_report = now + self.config.report_every_s
+        finally:
+            with contextlib.suppress(Exception):
+                self.producer.flush(10)
+            self.consumer.close()
+            report(self.take_counts())
+
+    def _handle(self, messages: list[Any]) -> None:
+        delay = 0.5
+        while True:
+            try:
+                self.process_batch(messages)
+                break
+            except TransientDecodeError as error:
+                # Forward what was produced (harmless: replays are idempotent),
+                # wait, and decode the whole batch again.
+                log.warning("schema registry unavailable, retrying batch: %s", error)
+                self.producer.flush(30)
+                self._failed.clear()
+                self.counts = EdgeCounts()
+                time.sleep(delay)
+                delay = min(delay * 2, 10)
+        self.flush()
+        self.commit(messages)
+
+
+# -- the process ----------------------------------------------------------------------
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Linux: get SIGKILLed when the worker dies, even by SIGKILL (no orphaned edge)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+    except OSError:
+        pass  # not Linux: the parent-pid check in the loop covers it
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def edge_process_main(config: EdgeConfig, connection: Any, parent_pid: int, log_level: str) -> None:
+    """Entry point of the edge process (spawned by `EdgeSupervisor`)."""
+    _die_with_parent(parent_pid)
+    logging.basicConfig(level=log_level, format="[%(asctime)s] edge %(levelname)s %(message)s")
+    stop = False
+
+    def on_term(signum: int, frame: Any) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker decides when we stop
+
+    def stopping() -> bool:
+        return stop or os.getppid() != parent_pid
+
+    def report(counts: EdgeCounts) -> None:
+        with contextlib.suppress(OSError):
+            connection.send(counts)
+
+    EdgeStage(config).run(stopping, report)
+
+
+class EdgeSupervisor:
+    """Starts the edge process, restarts it if it dies, and forwards its counters."""
+
+    def __init__(self, config: EdgeConfig, on_counts: Callable[[EdgeCounts], None]) -> None:
+        self.config = config
+        self._on_counts = on_counts
+        self._process: Any = None
+        self._connection: Any = None
+        self.restarts = 0
+
+    def start(self) -> None:
+        import multiprocessing
+
+        # spawn: a fork of an asyncio/Faust process would inherit its loop and sockets.
+        context = multiprocessing.get_context("spawn")
+        receive, send = context.Pipe(duplex=False)
+        level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
+        self._process = context.Process(
+            target=edge_process_main,
+            args=(self.config, send, os.getpid(), level),
+            name="sendguard-edge",
+            daemon=True,
+        )
+        self._process.start()
+        send.close()
+        self._connection = receive
+
+    def poll(self) -> None:
+        """Forward pending counters; restart the process if it died. Call every second."""
+        self._drain()
+        if self._process is not None and not self._process.is_alive():
+            log.error("edge stage exited with %s; restarting it", self._process.exitcode)
+            self.restarts += 1
+            self.start()
+
+    def _drain(self) -> None:
+        connection = self._connection
+        try:
+            while connection is not None and connection.poll():
+                self._on_counts(connection.recv())
+        except (EOFError, OSError):
+            pass
+
+    def stop(self) -> None:
+        process, self._process = self._process, None
+        if process is None:
+            return
+        process.terminate()
+        process.join(15)
+        if process.is_alive():
+            process.kill()
+            process.join(5)
+        self._connection_drain_final()
+
+    def _connection_drain_final(self) -> None:
+        self._drain()
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None

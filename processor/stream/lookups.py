@@ -1,0 +1,164 @@
+"""Directory and tenant settings as every worker sees them: the PolicyContext adapter.
+
+Both topics are compacted and small, and every worker needs all of them (any
+mailbox may be blocked here), so each worker reads them whole with its own
+confluent-kafka consumer: every partition assigned, from the beginning, no group
+commits. This is the "global table" of the architecture without Faust's
+GlobalTable, whose recovery has known upstream problems. `catch_up` reads up to
+the end before the worker starts, so a block never consults a half-read
+directory; afterwards a thread follows new records.
+
+Reads (`owner_of`, `synchronized_security`) come from the agent's event loop while
+the thread writes; single dict gets and sets are atomic in CPython, so no lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from typing import Any
+
+from processor.codec import records
+from processor.codec.errors import DecodeError
+from processor.codec.wire import Codec
+from processor.policy import DirectoryEntry, MailboxKey, TenantSettings
+
+log = logging.getLogger(__name__)
+
+
+class Lookups:
+    """Directory entries and tenant settings, newest `at` wins (as in `simulate`)."""
+
+    def __init__(self) -> None:
+        self.directory: dict[MailboxKey, DirectoryEntry] = {}
+        self.settings: dict[str, TenantSettings] = {}
+
+    # -- PolicyContext -------------------------------------------------------------
+    def owner_of(self, key: MailboxKey) -> DirectoryEntry | None:
+        return self.directory.get(key)
+
+    def synchronized_security(self, tenant_id: str) -> bool | None:
+        settings = self.settings.get(tenant_id)
+        return None if settings is None else settings.synchronized_security
+
+    # -- updates ---------------------------------------------------------------------
+    def put_directory(self, entry: DirectoryEntry) -> None:
+        known = self.directory.get(entry.key)
+        if known is None or entry.at_ms >= known.at_ms:
+            self.directory[entry.key] = entry
+
+    def put_settings(self, settings: TenantSettings) -> None:
+        known = self.settings.get(settings.tenant_id)
+        if known is None or settings.at_ms >= known.at_ms:
+            self.settings[settings.tenant_id] = settings
+
+
+class LookupReader:
+    """Follows the directory and settings topics into a `Lookups`."""
+
+    def __init__(
+        self,
+        client_config: dict[str, Any],
+        codec: Codec,
+        directory_topic: str,
+        settings_topic: str,
+        lookups: Lookups,
+    ) -> None:
+        from confluent_kafka import Consumer
+
+        self._codec = codec
+        self._directory_topic = directory_topic
+        self._settings_topic = settings_topic
+        self.lookups = lookups
+        self._consumer = Consumer(
+            {
+                **client_config,
+                # Required by the client even with manual assignment; never committed.
+                "group.id": f"sendguard-lookups-{uuid.uuid4()}",
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+            }
+        )
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.skipped = 0
+
+    def catch_up(self, timeout_s: float = 60.0) -> None:
+        """Assign every partition from the start and read to the current end.
+
+        Raises TimeoutError if the end is not reached in time (broker down).
+        """
+        from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+
+        metadata = self._consumer.list_topics(timeout=timeout_s)
+        assignment, ends = [], {}
+        for topic in (self._directory_topic, self._settings_topic):
+            found = metadata.topics.get(topic)
+            if found is None or found.error is not None:
+                raise RuntimeError(f"topic {topic} does not exist; run `sendguard topics apply`")
+            for partition in found.partitions:
+                tp = TopicPartition(topic, partition, OFFSET_BEGINNING)
+                assignment.append(tp)
+                low, high = self._consumer.get_watermark_offsets(tp, timeout=timeout_s)
+                if high > low:
+                    ends[(topic, partition)] = high
+        self._consumer.assign(assignment)
+        deadline = time.monotonic() + timeout_s
+        while ends:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"directory/settings not read to the end in {timeout_s}s")
+            for message in self._consumer.consume(500, 0.5):
+                self._apply(message)
+                where, offset = (message.topic(), message.partition()), message.offset()
+                if where in ends and offset is not None and offset + 1 >= ends[where]:
+                    del ends[where]
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="sendguard-lookups", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._consumer.close()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                for message in self._consumer.consume(500, 0.5):
+                    self._apply(message)
+            except Exception:  # keep following; a broker outage resolves itself
+                log.exception("directory/settings reader")
+                time.sleep(1)
+
+    def _apply(self, message: Any) -> None:
+        if message.error() is not None:
+            return  # transient broker errors; librdkafka retries by itself
+        value = message.value()
+        if value is None:
+            return  # a tombstone: the entry stays as last known (deletion is not a policy input)
+        try:
+            if message.topic() == self._directory_topic:
+                entry = records.directory_entry_from_record(
+                    self._codec.decode_as("DirectoryEntry", value)
+                )
+                self.lookups.put_directory(entry)
+            else:
+                settings = records.tenant_settings_from_record(
+                    self._codec.decode_as("TenantSettings", value)
+                )
+                self.lookups.put_settings(settings)
+        except DecodeError as error:
+            # Not dead-lettered: these topics are owned by the directory service,
+            # and one bad entry must not stop the others from loading.
+            self.skipped += 1
+            log.warning(
+                "skipping %s[%d]@%d: %s",
+                message.topic(),
+                message.partition(),
+                message.offset(),
+                error,
+            )

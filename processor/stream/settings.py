@@ -1,0 +1,38 @@
+"""Everything one worker is configured with, resolved from flags and environment."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from processor.codec.wire import CodecConfig
+from processor.policy import PolicyConfig
+from processor.stream.connection import KafkaConnection
+from processor.stream.topics import TopicNames
+
+# faust.stores.rocksdb uses the rocksdict driver when rocksdict is installed.
+STORES = {"rocksdb": "rocksdb://", "memory": "memory://"}
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSettings:
+    connection: KafkaConnection = field(default_factory=KafkaConnection)
+    names: TopicNames = field(default_factory=TopicNames)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    codec: CodecConfig = field(default_factory=CodecConfig)
+    store: str = "rocksdb"
+    web_host: str = "127.0.0.1"
+    web_port: int = 6066
+    data_dir: Path = Path("sendguard-data")
+    #: Partitions of the internal topic and the table changelog (fixed once created).
+    partitions: int = 6
+    replication_factor: int = 1
+    #: Faust standby replicas of the table: a second worker takes over without replay.
+    standby_replicas: int = 1
+    edge_batch_size: int = 5000
+    #: How often the expiry timer looks for due blocks.
+    expiry_interval_s: float = 1.0
+
+    @property
+    def store_url(self) -> str:
+        return STORES[self.store]

@@ -1,0 +1,67 @@
+"""Wall-clock work of the worker: expiry ticks, the eviction sweep, gauges, the edge.
+
+Timers never change state themselves: due blocks and evictable states are turned
+into ticks on the internal topic, keyed by the mailbox, and the agent handles them
+in order with the mailbox's other events. A block that fell due while the worker
+was down is found by the first pass after the table is recovered.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import faust
+
+from processor.policy import MailboxState
+from processor.stream.edge import EdgeSupervisor
+from processor.stream.events import ExpiryTick, SweepTick, decode_key, encode_event
+from processor.stream.runtime import Runtime, wall_ms
+
+log = logging.getLogger(__name__)
+
+
+def define_timers(
+    app: faust.App, rt: Runtime, edge: EdgeSupervisor | None, expiry_interval_s: float
+) -> None:
+    topic = rt.names.mailbox_events
+
+    @app.timer(interval=expiry_interval_s, on_leader=False)  # type: ignore[untyped-decorator]
+    async def expire_due_blocks() -> None:
+        rt.index.retain(rt.assigned_partitions())
+        for partition, key, until in rt.index.due(wall_ms()):
+            tick = ExpiryTick(decode_key(key), until)
+            # Delivery is not awaited: a lost tick is resent by `ExpiryIndex.due`.
+            await app.producer.send(topic, key, encode_event(tick), partition, None, None)
+
+    @app.timer(interval=1.0, on_leader=False)  # type: ignore[untyped-decorator]
+    async def report() -> None:
+        if edge is not None:
+            edge.poll()
+        rt.metrics.set_blocks(*rt.index.counts())
+        for tp in app.assignor.assigned_actives():
+            if tp.topic == topic and tp.partition in rt.processed:
+                lag = app.consumer.highwater(tp) - rt.processed[tp.partition] - 1
+                rt.metrics.set_lag(tp.topic, tp.partition, max(0, lag))
+
+    # Rule 6 sweep: at most once a window (and not more often than a minute), since
+    # a state becomes evictable only two windows after its last activity.
+    @app.timer(interval=max(60.0, rt.policy.window_ms / 1000), on_leader=False)  # type: ignore[untyped-decorator]
+    async def sweep_evictable() -> None:
+        now, window = wall_ms(), rt.policy.window_ms
+        started, sent = time.monotonic(), 0
+        for stored_key, record in list(rt.table.items()):
+            key = stored_key if isinstance(stored_key, bytes) else str(stored_key).encode()
+            if record is not None and MailboxState.from_record(record).evictable(now, window):
+                tick = encode_event(SweepTick(decode_key(key)))
+                await app.producer.send(topic, key, tick, rt.partition_of(key), None, None)
+                sent += 1
+        if sent:
+            log.info("eviction sweep: %d tick(s) in %.2fs", sent, time.monotonic() - started)
+
+    async def on_recovered() -> None:
+        rt.rebuild_index()
+        timed, permanent = rt.index.counts()
+        log.info("expiry index rebuilt: %d timed, %d permanent block(s)", timed, permanent)
+
+    rt.table.on_recover(on_recovered)

@@ -1,0 +1,1 @@
+"""Operator tools that talk to Kafka: `sendguard produce` and `sendguard tail`."""
