@@ -29,7 +29,13 @@ if [[ -z "${SENDGUARD_BOOTSTRAP:-}" ]]; then
         started_broker=1 # set before `up`, so a half-started broker is stopped too
         sendguard kafka up
     fi
-    export SENDGUARD_BOOTSTRAP="127.0.0.1:${SENDGUARD_KAFKA_PORT:-9092}"
+    # From status, not from SENDGUARD_KAFKA_PORT: a reused broker may run on another port.
+    SENDGUARD_BOOTSTRAP="$(sendguard kafka status | awk '$1 == "bootstrap:" { print $2 }')"
+    [[ -n "$SENDGUARD_BOOTSTRAP" ]] || {
+        echo "test.sh: could not read the broker's address from sendguard kafka status" >&2
+        exit 1
+    }
+    export SENDGUARD_BOOTSTRAP
 fi
 echo "test.sh: Kafka at $SENDGUARD_BOOTSTRAP" >&2
 

@@ -30,6 +30,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from processor.local.artifacts import KAFKA_VERSION, default_cache_dir, ensure_libs, file_lock
 from processor.local.errors import (
@@ -78,19 +79,29 @@ class BrokerConfig:
         """
         env = os.environ
         defaults = cls()
+
+        def number(name: str, default: float, kind: type[int] | type[float]) -> Any:
+            raw = env.get(name)
+            if raw is None or raw == "":
+                return default
+            try:
+                return kind(raw)
+            except ValueError:
+                raise LocalBrokerError(f"{name}={raw!r} is not a number") from None
+
         data_dir = env.get("SENDGUARD_KAFKA_DATA_DIR")
         return cls(
-            port=int(env.get("SENDGUARD_KAFKA_PORT", defaults.port)),
-            controller_port=int(
-                env.get("SENDGUARD_KAFKA_CONTROLLER_PORT", defaults.controller_port)
+            port=number("SENDGUARD_KAFKA_PORT", defaults.port, int),
+            controller_port=number(
+                "SENDGUARD_KAFKA_CONTROLLER_PORT", defaults.controller_port, int
             ),
             data_dir=Path(data_dir).expanduser() if data_dir else defaults.data_dir,
             cache_dir=defaults.cache_dir,
-            heap=env.get("SENDGUARD_KAFKA_HEAP", defaults.heap),
-            start_timeout_s=float(
-                env.get("SENDGUARD_KAFKA_START_TIMEOUT", defaults.start_timeout_s)
+            heap=env.get("SENDGUARD_KAFKA_HEAP") or defaults.heap,
+            start_timeout_s=number(
+                "SENDGUARD_KAFKA_START_TIMEOUT", defaults.start_timeout_s, float
             ),
-            stop_timeout_s=float(env.get("SENDGUARD_KAFKA_STOP_TIMEOUT", defaults.stop_timeout_s)),
+            stop_timeout_s=number("SENDGUARD_KAFKA_STOP_TIMEOUT", defaults.stop_timeout_s, float),
         )
 
     @property
