@@ -22,6 +22,7 @@ from typing import Final, assert_never, get_args
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from processor import __version__
+from processor.codec.errors import DECODE_REASONS
 from processor.policy.decisions import (
     Alert,
     AlertKind,
@@ -37,14 +38,8 @@ from processor.policy.events import Direction, VerdictKind
 DIRECTIONS: Final = tuple(d.value for d in Direction)
 VERDICTS: Final = tuple(v.value for v in VerdictKind)
 IGNORED_REASONS: Final = ("late", "duplicate", "while_blocked", "before_reset")
-DEAD_LETTER_REASONS: Final = (
-    "not_avro",
-    "unknown_schema",
-    "confluent_without_registry",
-    "bad_body",
-    "invalid_record",
-    "wrong_record_type",
-)
+# One source of truth for dead-letter reasons: the codec's decode error codes.
+DEAD_LETTER_REASONS: Final[tuple[str, ...]] = DECODE_REASONS
 UNBLOCK_REASONS: Final[tuple[str, ...]] = get_args(UnblockReason)
 ALERT_KINDS: Final[tuple[str, ...]] = get_args(AlertKind)
 # The default policy blocks permanently on the 6th offense, so 1..6 are every
