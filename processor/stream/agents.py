@@ -39,7 +39,7 @@ def define_lockout_agent(app: faust.App, rt: Runtime) -> Any:
                 )
                 continue
             now = wall_ms()
-            step = handle(rt.policy, rt.table.get(event.key), item, now, rt.lookups)
+            step = handle(rt.policy, rt.load(event.key), item, now, rt.lookups)
             await rt.send(step.decisions)
             rt.store(event.key, message.partition, message.offset, step)
             rt.count(step, now)

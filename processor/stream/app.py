@@ -27,6 +27,9 @@ def create_app(settings: WorkerSettings) -> faust.App:
         # events written before the first worker joined must not be skipped.
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
+        broker_session_timeout=settings.session_timeout_s,
+        consumer_group_instance_id=settings.instance_id,
+        broker_heartbeat_interval=settings.session_timeout_s / 3,
         web_enabled=True,
         web_host=settings.web_host,
         web_port=settings.web_port,

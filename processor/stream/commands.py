@@ -95,6 +95,12 @@ log = logging.getLogger(__name__)
     help="Of the internal topics, when created.",
 )
 @click.option(
+    "--instance-id",
+    envvar="SENDGUARD_INSTANCE_ID",
+    show_envvar=True,
+    help="Stable id of this worker (static group membership: restarts without a rebalance).",
+)
+@click.option(
     "--edge/--no-edge",
     default=True,
     show_default=True,
@@ -121,6 +127,7 @@ def worker(**options: Any) -> None:
         data_dir=options["data_dir"],
         partitions=options["partitions"],
         replication_factor=options["replication_factor"],
+        instance_id=options["instance_id"] or None,
     )
     run_worker(settings, edge=options["edge"], loglevel=options["loglevel"])
 
@@ -200,6 +207,8 @@ def run_worker(settings: WorkerSettings, *, edge: bool = True, loglevel: str = "
                 dead_letter_topic=names.dead_letter,
                 codec_config=settings.codec,
                 batch_size=settings.edge_batch_size,
+                session_timeout_s=settings.session_timeout_s,
+                instance_id=settings.instance_id,
             ),
             rt.add_edge_counts,
         )

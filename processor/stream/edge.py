@@ -60,6 +60,8 @@ class EdgeConfig:
     #: How often counters (and lag every `lag_every_s`) are reported to the worker.
     report_every_s: float = 1.0
     lag_every_s: float = 5.0
+    session_timeout_s: float = 10.0
+    instance_id: str | None = None
 
 
 @dataclass(slots=True)
@@ -95,14 +97,18 @@ class EdgeStage:
 
         self.config = config
         self.codec = codec if codec is not None else Codec.from_config(config.codec_config)
+        static = {"group.instance.id": config.instance_id} if config.instance_id else {}
         self.consumer = Consumer(
             {
                 **config.client_config,
+                **static,
                 "group.id": config.group_id,
                 "enable.auto.commit": False,
                 "auto.offset.reset": "earliest",
                 # Cooperative rebalancing: a second worker joining does not stop this one.
                 "partition.assignment.strategy": "cooperative-sticky",
+                "session.timeout.ms": int(config.session_timeout_s * 1000),
+                "heartbeat.interval.ms": int(config.session_timeout_s * 1000 / 3),
                 "fetch.min.bytes": 65536,
                 "fetch.wait.max.ms": 100,
             }
@@ -239,7 +245,7 @@ class EdgeStage:
             while not stopping():
                 messages = self.consumer.consume(self.config.batch_size, self.config.poll_timeout_s)
                 if messages:
-                    self._handle(messages)
+                    self.handle_batch(messages)
                 now = time.monotonic()
                 if now >= next_lag:
                     self.measure_lag()
@@ -255,7 +261,8 @@ class EdgeStage:
             self.consumer.close()
             report(self.take_counts())
 
-    def _handle(self, messages: list[Any]) -> None:
+    def handle_batch(self, messages: list[Any]) -> None:
+        """Process, deliver, then commit one consumed batch (the at-least-once order)."""
         delay = 0.5
         while True:
             try:

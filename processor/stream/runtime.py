@@ -73,10 +73,19 @@ class Runtime:
             if pending:
                 await asyncio.gather(*pending)
 
+    def load(self, key: bytes) -> dict[str, Any] | None:
+        """The stored `MailboxState.to_record()` of the mailbox with this key, if any."""
+        stored = self.table.get(key)
+        return None if stored is None else stored["state"]
+
     def store(self, key: bytes, partition: int, offset: int, step: Step) -> None:
-        """Write the step's state to the table (after `send`) and keep the index in step."""
+        """Write the step's state to the table (after `send`) and keep the index in step.
+
+        The value carries its own key bytes: keys read back from the store by
+        iteration come out re-serialised, and the index needs the exact bytes.
+        """
         if step.action == STORE:
-            self.table[key] = step.record
+            self.table[key] = {"key": key.decode(), "state": step.record}
             self.index.update(partition, key, step.record)
         elif step.action == DELETE:
             del self.table[key]
@@ -108,14 +117,19 @@ class Runtime:
         for (topic, partition), lag in counts.lag.items():
             metrics.set_lag(topic, partition, lag)
 
+    def stored_states(self) -> list[tuple[bytes, dict[str, Any]]]:
+        """(key bytes, state record) of every mailbox in the local store."""
+        return [
+            (value["key"].encode(), value["state"])
+            for value in list(self.table.values())
+            if value is not None
+        ]
+
     def rebuild_index(self) -> None:
         """After recovery or a rebalance: the index from the table's local items."""
         self.index.clear()
-        for stored_key, record in self.table.items():
-            # The raw key serializer hands keys back from the store as str.
-            key = stored_key if isinstance(stored_key, bytes) else str(stored_key).encode()
-            if record is not None:
-                self.index.update(self.partition_of(key), key, record)
+        for key, record in self.stored_states():
+            self.index.update(self.partition_of(key), key, record)
         self.index.retain(self.assigned_partitions())
 
     def assigned_partitions(self) -> set[int]:

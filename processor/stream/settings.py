@@ -32,6 +32,12 @@ class WorkerSettings:
     edge_batch_size: int = 5000
     #: How often the expiry timer looks for due blocks.
     expiry_interval_s: float = 1.0
+    #: Consumer group session timeout of both stages: how long the partitions of a
+    #: crashed worker stay unserved. Kafka's 45 s is long for a security control.
+    session_timeout_s: float = 10.0
+    #: Static group membership: a worker restarted under the same id gets its
+    #: partitions back at once, without a rebalance of the whole group.
+    instance_id: str | None = None
 
     @property
     def store_url(self) -> str:

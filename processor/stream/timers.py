@@ -8,8 +8,11 @@ was down is found by the first pass after the table is recovered.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import faust
 
@@ -20,6 +23,22 @@ from processor.stream.runtime import Runtime, wall_ms
 
 log = logging.getLogger(__name__)
 
+F = TypeVar("F", bound=Callable[[], Awaitable[None]])
+
+
+def _guarded(function: F) -> F:
+    """Log a timer's failure instead of raising it: Faust stops the whole app when a
+    timer raises, and every timer here is retried by its next run anyway."""
+
+    @functools.wraps(function)
+    async def run() -> None:
+        try:
+            await function()
+        except Exception:
+            log.exception("timer %s failed; retrying on its next run", function.__name__)
+
+    return run  # type: ignore[return-value]
+
 
 def define_timers(
     app: faust.App, rt: Runtime, edge: EdgeSupervisor | None, expiry_interval_s: float
@@ -27,6 +46,7 @@ def define_timers(
     topic = rt.names.mailbox_events
 
     @app.timer(interval=expiry_interval_s, on_leader=False)  # type: ignore[untyped-decorator]
+    @_guarded
     async def expire_due_blocks() -> None:
         rt.index.retain(rt.assigned_partitions())
         for partition, key, until in rt.index.due(wall_ms()):
@@ -35,6 +55,7 @@ def define_timers(
             await app.producer.send(topic, key, encode_event(tick), partition, None, None)
 
     @app.timer(interval=1.0, on_leader=False)  # type: ignore[untyped-decorator]
+    @_guarded
     async def report() -> None:
         if edge is not None:
             edge.poll()
@@ -47,11 +68,11 @@ def define_timers(
     # Rule 6 sweep: at most once a window (and not more often than a minute), since
     # a state becomes evictable only two windows after its last activity.
     @app.timer(interval=max(60.0, rt.policy.window_ms / 1000), on_leader=False)  # type: ignore[untyped-decorator]
+    @_guarded
     async def sweep_evictable() -> None:
         now, window = wall_ms(), rt.policy.window_ms
         started, sent = time.monotonic(), 0
-        for stored_key, record in list(rt.table.items()):
-            key = stored_key if isinstance(stored_key, bytes) else str(stored_key).encode()
+        for key, record in rt.stored_states():
             if record is not None and MailboxState.from_record(record).evictable(now, window):
                 tick = encode_event(SweepTick(decode_key(key)))
                 await app.producer.send(topic, key, tick, rt.partition_of(key), None, None)
