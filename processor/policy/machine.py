@@ -127,7 +127,7 @@ def step_verdict(
     if verdict.message_id in window:
         return Outcome.DUPLICATE, decisions
     window.add(at, verdict.message_id)
-    window.drop_up_to(high_water - 2 * config.window_ms)
+    window.drop_older_than(high_water - 2 * config.window_ms)
     evidence = window.trigger(at, config.window_ms, config.threshold)
     if evidence is None:
         return Outcome.COUNTED, decisions

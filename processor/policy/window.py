@@ -46,9 +46,9 @@ class SlidingWindow:
         """Insert in event-time order (after equal timestamps: arrival order is kept)."""
         insort(self.entries, (at_ms, message_id), key=_time)
 
-    def drop_up_to(self, at_ms: int) -> None:
-        """Forget entries with `scanned_at <= at_ms`: they can never matter again."""
-        cut = bisect_right(self.entries, at_ms, key=_time)
+    def drop_older_than(self, at_ms: int) -> None:
+        """Forget entries with `scanned_at < at_ms` (rule 6: "older than H - 2 windows")."""
+        cut = bisect_left(self.entries, at_ms, key=_time)
         if cut:
             del self.entries[:cut]
 

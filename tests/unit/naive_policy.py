@@ -170,7 +170,7 @@ class NaivePolicy:
         t: int,
         engine_outcome: str | None = None,
     ) -> tuple[str, list[tuple]]:
-        """`engine_outcome` (optional) is consulted only at a known deviation."""
+        """`engine_outcome` (optional) is consulted only where the spec allows two answers."""
         out = self._advance(t)
         if direction.upper() != "OUTBOUND" or kind.upper() not in QUALIFYING:
             return "not_qualifying", out
@@ -192,15 +192,7 @@ class NaivePolicy:
         horizon = m.high_water - 2 * w
         matches = [a for (a, mid) in m.counted if mid == message_id and a >= horizon]
         if matches:
-            if matches == [horizon] and engine_outcome not in (None, "duplicate"):
-                # KNOWN DEVIATION 1: the engine has already dropped an entry that lies
-                # exactly at H - 2*window (it is not "older than" that) and counts the
-                # re-delivered message id again. Follow it so the comparison can go
-                # on, and record it; see test_duplicate_at_the_pruning_boundary.
-                self.deviations.append(("boundary-duplicate", key, message_id, t))
-                m.counted = [(a, mid) for (a, mid) in m.counted if a > horizon]
-            else:
-                return "duplicate", out
+            return "duplicate", out
         stale = any(mid == message_id for (a, mid) in m.counted if a < horizon)
         if stale and engine_outcome in (None, "duplicate"):
             self.deviations.append(("stale-duplicate", key, message_id, t))
