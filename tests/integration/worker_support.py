@@ -1,0 +1,306 @@
+"""Running `sendguard worker` and `sendguard produce` as processes, and reading results.
+
+Each test gets its own topic prefix and app id, so tests never see each other's
+records, groups or internal topics on the shared broker.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from processor.codec.wire import Codec
+from processor.policy import (
+    Decision,
+    DirectoryEntry,
+    Engine,
+    PolicyConfig,
+    Release,
+    TenantSettings,
+    Tick,
+    Verdict,
+)
+from processor.scenario import format_timestamp, parse_line
+from processor.stream.topic_admin import apply_topics
+from processor.stream.topics import STATE_TABLE, TopicNames
+from processor.tools.tail import read_topic
+from processor.topics import load_topics
+
+SENDGUARD = str(Path(sys.executable).parent / "sendguard")
+POLICY_YAML = "window: 20s\nfirst_block: 3s\ngrowth_factor: 2\npermanent_on_offense: 3\n"
+POLICY = PolicyConfig.from_mapping(
+    {"window": "20s", "first_block": "3s", "growth_factor": 2, "permanent_on_offense": 3}
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclasses.dataclass
+class Deployment:
+    """One isolated sendguard on the broker: its topics, app id and scratch dir."""
+
+    bootstrap: str
+    tmp: Path
+    names: TopicNames
+
+    @classmethod
+    def create(cls, bootstrap: str, tmp: Path) -> Deployment:
+        run = uuid.uuid4().hex[:10]
+        names = TopicNames(prefix=f"it{run}.", app_id=f"it{run}")
+        specs = [dataclasses.replace(s, name=names.external(s.name)) for s in load_topics()]
+        apply_topics(bootstrap, specs)
+        (tmp / "policy.yaml").write_text(POLICY_YAML)
+        return cls(bootstrap, tmp, names)
+
+    @property
+    def client(self) -> dict[str, Any]:
+        return {"bootstrap.servers": self.bootstrap}
+
+    def worker(self, name: str = "w1", store: str = "rocksdb") -> WorkerProcess:
+        return WorkerProcess(self, name, store)
+
+    def produce(self, lines: list[str], *, pace: str = "realtime") -> subprocess.Popen[bytes]:
+        path = self.tmp / f"scenario-{uuid.uuid4().hex[:6]}.jsonl"
+        path.write_text("\n".join(lines) + "\n")
+        return subprocess.Popen(
+            [
+                SENDGUARD,
+                "produce",
+                str(path),
+                "--bootstrap",
+                self.bootstrap,
+                "--topic-prefix",
+                self.names.prefix,
+                "--pace",
+                pace,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.tmp / "produce.log", "ab"),
+        )
+
+    def read(self, topic: str, idle_s: float = 2.0) -> list[dict[str, Any]]:
+        """Every record of `topic` so far (values decoded)."""
+        return [
+            r["value"].get("record") or r["value"].get("json") or {}
+            for r in read_topic(
+                self.client, topic, Codec.from_config(), from_beginning=True, idle_timeout_s=idle_s
+            )
+        ]
+
+    def table_state(self) -> dict[tuple[str, str], dict[str, Any]]:
+        """The latest state record per mailbox, from the table's changelog."""
+        state: dict[tuple[str, str], dict[str, Any]] = {}
+        topic = f"{self.names.app_id}-{STATE_TABLE}-changelog"
+        for r in read_topic(
+            self.client, topic, Codec.from_config(), from_beginning=True, idle_timeout_s=2.0
+        ):
+            key = tuple(r["key"]["json"])
+            value = r["value"].get("json")
+            if value is None:
+                state.pop(key, None)  # type: ignore[arg-type]
+            else:
+                state[key] = value["state"]  # type: ignore[index]
+        return state
+
+
+class WorkerProcess:
+    """`sendguard worker` in a subprocess (its edge stage is its child)."""
+
+    def __init__(self, deployment: Deployment, name: str, store: str) -> None:
+        self.deployment = deployment
+        self.name = name
+        self.store = store
+        self.port = free_port()
+        self.log = deployment.tmp / f"{name}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def start(self) -> WorkerProcess:
+        d = self.deployment
+        self.starts += 1
+        self.process = subprocess.Popen(
+            [
+                SENDGUARD,
+                "worker",
+                "--bootstrap",
+                d.bootstrap,
+                "--topic-prefix",
+                d.names.prefix,
+                "--app-id",
+                d.names.app_id,
+                "--policy",
+                str(d.tmp / "policy.yaml"),
+                "--store",
+                self.store,
+                "--data-dir",
+                str(d.tmp / f"data-{self.name}"),
+                "--web-port",
+                str(self.port),
+                "--partitions",
+                "4",
+                "--instance-id",
+                self.name,
+            ],
+            stdout=open(self.log, "ab"),  # noqa: SIM115
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        return self
+
+    def wait_ready(self, timeout_s: float = 60) -> None:
+        """Until the worker's web server answers /metrics (its app has started)."""
+        import urllib.request
+
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise AssertionError(f"worker exited: {self.log.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=1):
+                    return
+            except OSError:
+                time.sleep(0.3)
+        raise AssertionError(f"worker not ready in {timeout_s}s: {self.log.read_text()[-3000:]}")
+
+    def metrics(self) -> str:
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as r:
+            return str(r.read().decode())
+
+    def kill(self) -> None:
+        """SIGKILL, no goodbye (the edge process dies with it: PR_SET_PDEATHSIG)."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(10)
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self) -> None:
+        if self.alive():
+            assert self.process is not None
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(10)
+
+
+# -- expectations --------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Expected:
+    decisions: list[Decision]
+    refused_reports: list[Decision]
+    engine: Engine
+
+
+def expected(lines: Iterable[str], config: PolicyConfig = POLICY) -> Expected:
+    """What `simulate` decides for these lines, plus refused releases' reports."""
+    engine = Engine(config)
+    out: list[Decision] = []
+    refused: list[Decision] = []
+    for text in lines:
+        event = parse_line(text)
+        if isinstance(event, Verdict):
+            out.extend(engine.verdict(event)[1])
+        elif isinstance(event, DirectoryEntry):
+            out.extend(engine.directory(event))
+        elif isinstance(event, TenantSettings):
+            out.extend(engine.settings(event))
+        elif isinstance(event, Release):
+            decisions, rejected = engine.release(event)
+            out.extend(decisions)
+            if rejected is not None:
+                refused.append(rejected.report)
+        elif isinstance(event, Tick):
+            out.extend(engine.tick(event.at_ms))
+    return Expected(out, refused, engine)
+
+
+def wait_for(predicate: Any, timeout_s: float, what: str, every_s: float = 1.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(every_s)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+def verdict_line(
+    tenant: str,
+    mailbox: str,
+    message_id: str,
+    at_ms: int,
+    verdict: str = "SPAM",
+    direction: str = "OUTBOUND",
+) -> str:
+    return json.dumps(
+        {
+            "type": "verdict",
+            "tenant_id": tenant,
+            "mailbox": mailbox,
+            "message_id": message_id,
+            "direction": direction,
+            "verdict": verdict,
+            "scanned_at": format_timestamp(at_ms),
+        }
+    )
+
+
+def burst(tenant: str, mailbox: str, start_ms: int, tag: str, n: int = 5) -> list[str]:
+    """`n` qualifying verdicts 200 ms apart, with a clean one and an inbound one between."""
+    lines = []
+    for i in range(n):
+        at = start_ms + 200 * i
+        lines.append(verdict_line(tenant, mailbox, f"{tag}-{i}", at, "VIRUS" if i % 2 else "SPAM"))
+        lines.append(verdict_line(tenant, mailbox, f"{tag}-c{i}", at + 50, "CLEAN"))
+    lines.append(verdict_line(tenant, mailbox, f"{tag}-in", start_ms + 60, "SPAM", "INBOUND"))
+    return sorted(lines, key=line_time)
+
+
+def line_time(text: str) -> int:
+    """The time of a scenario line, in epoch ms."""
+    from processor.scenario import event_time
+
+    return event_time(parse_line(text))
+
+
+def control_summary(records: list[dict[str, Any]]) -> set[tuple[str, str, str, int, str]]:
+    return {
+        (r["tenant_id"], r["mailbox"], r["action"], r["offense"], r["command_id"]) for r in records
+    }
+
+
+def expected_control(decisions: list[Decision]) -> set[tuple[str, str, str, int, str]]:
+    from processor.policy import Block, Unblock
+
+    return {
+        (
+            d.key.tenant_id,
+            d.key.mailbox,
+            "BLOCK" if isinstance(d, Block) else "UNBLOCK",
+            d.offense,
+            d.command_id,
+        )
+        for d in decisions
+        if isinstance(d, Block | Unblock)
+    }
