@@ -210,23 +210,24 @@ class Metrics:
             self._alerts.labels(kind)
         self._info.labels(version).set(1)
 
-    def verdict(self, direction: str, verdict: str) -> None:
-        """Count one decoded verdict (call for every verdict, clean ones included)."""
+    def verdict(self, direction: str, verdict: str, count: int = 1) -> None:
+        """Count decoded verdicts (every verdict, clean ones included); `count` lets the
+        edge stage report its per-second totals in one call."""
         self._verdicts.labels(
             _check(direction, DIRECTIONS, "direction"), _check(verdict, VERDICTS, "verdict")
-        ).inc()
+        ).inc(count)
 
-    def qualifying(self) -> None:
-        """Count one qualifying verdict, before the policy decides whether it counts."""
-        self._qualifying.inc()
+    def qualifying(self, count: int = 1) -> None:
+        """Count qualifying verdicts, before the policy decides whether they count."""
+        self._qualifying.inc(count)
 
     def ignored(self, reason: str) -> None:
         """Count one qualifying verdict the policy ignored: late, duplicate, ..."""
         self._ignored.labels(_check(reason, IGNORED_REASONS, "ignored reason")).inc()
 
-    def dead_letter(self, reason: str) -> None:
-        """Count one record sent to the dead-letter topic under its reason code."""
-        self._dead_letters.labels(reason).inc()
+    def dead_letter(self, reason: str, count: int = 1) -> None:
+        """Count records sent to the dead-letter topic under their reason code."""
+        self._dead_letters.labels(reason).inc(count)
 
     def decisions(
         self, decisions: Iterable[Decision], now_ms: int, triggered_at_ms: int | None

@@ -392,3 +392,17 @@ def test_family_totals_match_the_decisions_sent(steps: list[list[Decision]]) -> 
     assert total("sendguard_release_refusals_total") == sum(
         isinstance(d, Report) and d.event == "release_refused" for d in sent
     )
+
+
+def test_counts_in_bulk_add_up_like_single_counts() -> None:
+    # The edge stage reports per-second totals; one call with count=n equals n calls.
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    metrics.verdict("OUTBOUND", "CLEAN", count=1000)
+    metrics.verdict("OUTBOUND", "CLEAN")
+    metrics.qualifying(count=20)
+    metrics.dead_letter("not_avro", count=3)
+    value = registry.get_sample_value
+    assert value("sendguard_verdicts_total", {"direction": "OUTBOUND", "verdict": "CLEAN"}) == 1001
+    assert value("sendguard_qualifying_verdicts_total") == 20
+    assert value("sendguard_dead_letters_total", {"reason": "not_avro"}) == 3
