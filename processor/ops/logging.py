@@ -1,0 +1,149 @@
+"""Structured logs of the worker and its edge process.
+
+One JSON object per line when stderr is not a terminal (a container, systemd, a
+file: what a log shipper reads), and a short human line on a terminal. The JSON
+formatting itself is python-json-logger's: escaping, exceptions and extra fields
+are its well-tested job, not ours.
+
+What is logged about mail: tenant ids, mailbox addresses, message ids and policy
+facts. Never message content (subjects, bodies, attachments): the verdicts do not
+carry it, and nothing here adds it. At INFO level every BLOCK and UNBLOCK is exactly
+one line (`log_decisions`), so `grep '"event": "block"'` counts blocks; the scans,
+alert and report that accompany a block are DEBUG, as they add no fact the block
+line lacks.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import IO, Any
+
+from processor.policy.decisions import Block, Decision, Report, Unblock
+
+#: The logger of the one-line-per-block/unblock audit lines.
+DECISIONS_LOGGER = "sendguard.decisions"
+
+#: Fields every JSON line carries besides its extras (renamed from logging's names).
+_JSON_FORMAT = "%(levelname)s %(name)s %(processName)s %(message)s"
+_RENAME = {"levelname": "level", "name": "logger", "processName": "process"}
+_HUMAN_FORMAT = "[%(asctime)s] %(levelname)s %(name)s: %(message)s"
+
+log = logging.getLogger(DECISIONS_LOGGER)
+
+
+def json_wanted(stream: IO[str]) -> bool:
+    """JSON unless the stream is a terminal (a person reads it)."""
+    try:
+        return not stream.isatty()
+    except (AttributeError, ValueError):  # a closed or odd stream: a machine reads it
+        return True
+
+
+def make_formatter(json_lines: bool) -> logging.Formatter:
+    if json_lines:
+        from pythonjsonlogger.json import JsonFormatter
+
+        return JsonFormatter(_JSON_FORMAT, rename_fields=_RENAME, timestamp="time")
+    return logging.Formatter(_HUMAN_FORMAT)
+
+
+def configure_logging(
+    level: str | int = "info", *, stream: IO[str] | None = None, json_lines: bool | None = None
+) -> logging.Handler:
+    """Send every log record of this process to `stream` (stderr) in the chosen format.
+
+    Replaces the root logger's handlers, so it may be called again (the edge process
+    calls it after spawn). `json_lines=None` decides by `json_wanted`. Returns the
+    handler, so a caller can remove it.
+    """
+    stream = sys.stderr if stream is None else stream
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(make_formatter(json_wanted(stream) if json_lines is None else json_lines))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level.upper() if isinstance(level, str) else level)
+    return handler
+
+
+def _iso(ms: int | None) -> str | None:
+    if ms is None:
+        return None
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
+
+
+def log_decisions(decisions: Iterable[Decision]) -> None:
+    """Log what one policy step sent: one INFO line per BLOCK and per UNBLOCK.
+
+    A refused support release is an audit fact of its own and gets one INFO line too;
+    everything else (scans, alerts, the block's own reports) is DEBUG.
+    """
+    for decision in decisions:
+        if isinstance(decision, Block):
+            until = "permanent" if decision.permanent else _iso(decision.until_ms)
+            fields: dict[str, Any] = {
+                "event": "block",
+                "tenant_id": decision.key.tenant_id,
+                "mailbox": decision.key.mailbox,
+                "offense": decision.offense,
+                "permanent": decision.permanent,
+                "until": _iso(decision.until_ms),
+                "command_id": decision.command_id,
+                # Message ids (never content) of the verdicts that triggered it.
+                "message_ids": [e.message_id for e in decision.evidence],
+            }
+            log.info(
+                "BLOCK %s %s offense %d until %s (command %s)",
+                decision.key.tenant_id,
+                decision.key.mailbox,
+                decision.offense,
+                until,
+                decision.command_id,
+                extra=fields,
+            )
+        elif isinstance(decision, Unblock):
+            log.info(
+                "UNBLOCK %s %s offense %d %s (command %s)",
+                decision.key.tenant_id,
+                decision.key.mailbox,
+                decision.offense,
+                decision.reason,
+                decision.command_id,
+                extra={
+                    "event": "unblock",
+                    "tenant_id": decision.key.tenant_id,
+                    "mailbox": decision.key.mailbox,
+                    "offense": decision.offense,
+                    "reason": decision.reason,
+                    "at": _iso(decision.at_ms),
+                    "actor": decision.actor,
+                    "command_id": decision.command_id,
+                },
+            )
+        elif isinstance(decision, Report) and decision.event == "release_refused":
+            log.info(
+                "release of %s %s by %s refused: %s",
+                decision.key.tenant_id,
+                decision.key.mailbox,
+                decision.actor,
+                decision.reason,
+                extra={
+                    "event": "release_refused",
+                    "tenant_id": decision.key.tenant_id,
+                    "mailbox": decision.key.mailbox,
+                    "actor": decision.actor,
+                    "report_id": decision.report_id,
+                },
+            )
+        elif log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "%s %s %s",
+                type(decision).__name__,
+                decision.key.tenant_id,
+                decision.key.mailbox,
+                extra={"event": type(decision).__name__.lower()},
+            )
