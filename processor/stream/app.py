@@ -34,4 +34,10 @@ def create_app(settings: WorkerSettings) -> faust.App:
         web_host=settings.web_host,
         web_port=settings.web_port,
         web_in_thread=False,
+        # Faust's own /router and /table pages would show table contents to anyone:
+        # the worker's data is served only by processor.ops.api, behind tokens.
+        web_router_enabled=False,
+        web_tables_enabled=False,
+        web_stats_enabled=False,
+        web_graph_enabled=False,
     )

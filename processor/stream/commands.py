@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from processor.codec.wire import CodecConfig
+from processor.ops.auth import Tokens
 from processor.policy import PolicyConfigError
 from processor.policy_file import load_policy
 from processor.stream.connection import (
@@ -109,6 +110,19 @@ log = logging.getLogger(__name__)
 @click.option(
     "--loglevel", envvar="SENDGUARD_LOGLEVEL", show_envvar=True, default="info", show_default=True
 )
+@click.option(
+    "--admin-token",
+    envvar="SENDGUARD_ADMIN_TOKEN",
+    show_envvar=True,
+    help="Bearer token of the admin API (mailbox state, blocks, /status); unset: disabled. "
+    "Prefer the variable: a flag is visible in the process list.",
+)
+@click.option(
+    "--support-token",
+    envvar="SENDGUARD_SUPPORT_TOKEN",
+    show_envvar=True,
+    help="Bearer token of support releases (POST .../release); unset: disabled.",
+)
 def worker(**options: Any) -> None:
     """Run the live worker until interrupted (SIGINT/SIGTERM)."""
     connection = connection_from_options(options)
@@ -129,16 +143,28 @@ def worker(**options: Any) -> None:
         replication_factor=options["replication_factor"],
         instance_id=options["instance_id"] or None,
     )
-    run_worker(settings, edge=options["edge"], loglevel=options["loglevel"])
+    from processor.ops.auth import Tokens
+
+    tokens = Tokens(admin=options["admin_token"] or None, support=options["support_token"] or None)
+    run_worker(settings, edge=options["edge"], loglevel=options["loglevel"], tokens=tokens)
 
 
-def run_worker(settings: WorkerSettings, *, edge: bool = True, loglevel: str = "info") -> None:
+def run_worker(
+    settings: WorkerSettings,
+    *,
+    edge: bool = True,
+    loglevel: str = "info",
+    tokens: Tokens | None = None,
+) -> None:
     """Build and run everything; returns when the worker stops."""
     import faust
     from prometheus_client import CollectorRegistry
 
     from processor.codec.wire import Codec
+    from processor.ops.api import ApiContext, define_api
+    from processor.ops.logging import configure_logging, log_decisions
     from processor.ops.metrics import Metrics
+    from processor.ops.recent import RecentEvents
     from processor.stream.agents import define_lockout_agent
     from processor.stream.app import create_app
     from processor.stream.edge import EdgeConfig, EdgeSupervisor
@@ -150,9 +176,7 @@ def run_worker(settings: WorkerSettings, *, edge: bool = True, loglevel: str = "
     from processor.stream.topics import ensure_internal_topic
     from processor.stream.views import define_views
 
-    logging.basicConfig(
-        level=loglevel.upper(), format="[%(asctime)s] %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(loglevel)
     names, client_config = settings.names, settings.connection.confluent()
     try:
         partitions = ensure_internal_topic(
@@ -215,11 +239,14 @@ def run_worker(settings: WorkerSettings, *, edge: bool = True, loglevel: str = "
     define_lockout_agent(app, rt)
     define_timers(app, rt, supervisor, settings.expiry_interval_s)
     define_views(app, rt)
+    rt.on_decisions.append(log_decisions)
+    define_api(app, ApiContext(rt, tokens or Tokens(), codec, RecentEvents()))
     if supervisor is not None:
         supervisor.start()
     try:
         # The web port and host are app settings (create_app), not worker options.
-        faust.Worker(app, loglevel=loglevel).execute_from_commandline()
+        # override_logging=False: keep configure_logging's format (JSON off a terminal).
+        faust.Worker(app, loglevel=loglevel, override_logging=False).execute_from_commandline()
     finally:
         if supervisor is not None:
             supervisor.stop()

@@ -301,7 +301,9 @@ def _die_with_parent(parent_pid: int) -> None:
 def edge_process_main(config: EdgeConfig, connection: Any, parent_pid: int, log_level: str) -> None:
     """Entry point of the edge process (spawned by `EdgeSupervisor`)."""
     _die_with_parent(parent_pid)
-    logging.basicConfig(level=log_level, format="[%(asctime)s] edge %(levelname)s %(message)s")
+    from processor.ops.logging import configure_logging
+
+    configure_logging(log_level)  # spawned: nothing of the parent's logging is inherited
     stop = False
 
     def on_term(signum: int, frame: Any) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,6 +50,8 @@ class Runtime:
     index: ExpiryIndex = field(default_factory=ExpiryIndex)
     #: Last internal-topic offset processed per partition (for the lag gauge).
     processed: dict[int, int] = field(default_factory=dict)
+    #: Called with every step's decisions once they are delivered (logs, status page).
+    on_decisions: list[Callable[[list[Decision]], None]] = field(default_factory=list)
 
     def partition_of(self, key: bytes) -> int:
         """The internal-topic partition of a key, as the murmur2 partitioners place it."""
@@ -96,6 +99,9 @@ class Runtime:
         if step.outcome is not None and step.outcome in _IGNORED:
             self.metrics.ignored(_IGNORED[step.outcome])
         self.metrics.decisions(step.decisions, now_ms, step.triggered_at_ms)
+        if step.decisions:
+            for observer in self.on_decisions:
+                observer(step.decisions)
 
     def add_edge_counts(self, counts: EdgeCounts) -> None:
         """Add one report of the edge process (per-second totals) to the metrics.
