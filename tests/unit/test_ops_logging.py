@@ -43,10 +43,8 @@ def captured() -> Iterator[io.StringIO]:
 
 def _decisions() -> list[Decision]:
     """A real policy run: block 1 (timed, scans, alert, report), its expiry, block 2
-    (permanent), and a support release; the subject-like text appears nowhere."""
-    engine = Engine(
-        PolicyConfig(first_block_ms=60_000, permanent_on_offense=2, window_ms=600_000)
-    )
+    (permanent), and a support release."""
+    engine = Engine(PolicyConfig(first_block_ms=60_000, permanent_on_offense=2, window_ms=600_000))
     out: list[Decision] = []
     out += engine.directory(DirectoryEntry(KEY, "owner-1", ("laptop", "phone"), T0))
     n = 0
