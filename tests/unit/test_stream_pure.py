@@ -1,0 +1,204 @@
+"""The worker's pure parts, without Kafka: the internal event format, the policy step
+the agent takes, the expiry index, and decisions as output records."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from processor.codec.wire import Codec
+from processor.policy import (
+    Block,
+    Direction,
+    DirectoryEntry,
+    MailboxKey,
+    PolicyConfig,
+    Release,
+    Report,
+    Unblock,
+    Verdict,
+    VerdictKind,
+)
+from processor.stream.events import (
+    EventFormatError,
+    ExpiryTick,
+    SweepTick,
+    decode_event,
+    decode_key,
+    encode_event,
+    encode_key,
+)
+from processor.stream.expiry import ExpiryIndex
+from processor.stream.handling import DELETE, KEEP, STORE, handle
+from processor.stream.outputs import Outputs
+from processor.stream.topics import TopicNames
+from tests.unit.policy_dsl import ALICE, t, verdict
+
+
+class Directory:
+    def __init__(self, entries: dict[MailboxKey, DirectoryEntry] | None = None) -> None:
+        self.entries = entries or {}
+
+    def owner_of(self, key: MailboxKey) -> DirectoryEntry | None:
+        return self.entries.get(key)
+
+    def synchronized_security(self, tenant_id: str) -> bool | None:
+        return None
+
+
+# -------------------------------------------------------------- events ---
+
+
+@given(
+    tenant=st.text(min_size=1, max_size=20),
+    mailbox=st.text(min_size=1, max_size=40),
+    message_id=st.text(min_size=1, max_size=40),
+    at=st.integers(min_value=0, max_value=253_402_300_799_999),
+)
+def test_internal_events_round_trip(tenant: str, mailbox: str, message_id: str, at: int) -> None:
+    key = MailboxKey.of(tenant, mailbox)
+    for event in (
+        Verdict(key, message_id, Direction.OUTBOUND, VerdictKind.VIRUS, at),
+        Release(key, "actor", "reason ✓", at),
+        ExpiryTick(key, at),
+        SweepTick(key),
+    ):
+        assert decode_key(encode_key(key)) == key
+        assert decode_event(key, encode_event(event)) == event
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"not json",
+        b"[]",
+        b'{"v": 2, "type": "sweep"}',
+        b'{"v": 1, "type": "nope"}',
+        b'{"v": 1, "type": "verdict", "message_id": "m"}',
+        b'{"v": 1, "type": "verdict", "message_id": "m", "direction": "UP", "verdict": "SPAM",'
+        b' "scanned_at": 1}',
+    ],
+)
+def test_unreadable_internal_events_raise_the_format_error(data: bytes) -> None:
+    with pytest.raises(EventFormatError):
+        decode_event(ALICE, data)
+
+
+@pytest.mark.parametrize("data", [b"", b"{}", b'["only-one"]', b"[1, 2]", b"\xff"])
+def test_unreadable_keys_raise_the_format_error(data: bytes) -> None:
+    with pytest.raises(EventFormatError):
+        decode_key(data)
+
+
+# ------------------------------------------------------------ handling ---
+
+
+def _burst(config: PolicyConfig, stored: dict | None = None) -> tuple[dict | None, list]:
+    decisions = []
+    for i in range(5):
+        step = handle(config, stored, verdict(f"m{i}", f"10:0{i}"), t(f"10:0{i}"), Directory())
+        decisions.extend(step.decisions)
+        if step.action == STORE:
+            stored = step.record
+    return stored, decisions
+
+
+def test_a_verdict_step_stores_the_new_state_and_a_clean_one_stores_nothing() -> None:
+    config = PolicyConfig()
+    stored, decisions = _burst(config)
+    assert stored is not None and stored["offenses"] == 1
+    assert isinstance(decisions[0], Block)
+    clean = handle(config, stored, verdict("c", "10:05", kind="CLEAN"), t("10:05"), Directory())
+    assert (clean.action, clean.decisions) == (KEEP, [])
+
+
+def test_a_release_or_tick_never_creates_state_for_an_unknown_mailbox() -> None:
+    config = PolicyConfig()
+    refused = handle(config, None, Release(ALICE, "s", "r", t("10:00")), t("10:00"), Directory())
+    assert refused.action == KEEP and refused.refused is not None
+    assert isinstance(refused.decisions[-1], Report)
+    assert refused.decisions[-1].event == "release_refused"
+    tick = handle(config, None, ExpiryTick(ALICE, t("10:00")), t("10:00"), Directory())
+    assert (tick.action, tick.decisions) == (KEEP, [])
+
+
+def test_an_expiry_tick_unblocks_at_until_even_when_late() -> None:
+    config = PolicyConfig()
+    stored, _ = _burst(config)
+    # the worker was down: the tick is handled at 13:00, the block ended at 11:04
+    step = handle(config, stored, ExpiryTick(ALICE, t("11:04")), t("13:00"), Directory())
+    unblock = step.decisions[0]
+    assert isinstance(unblock, Unblock) and unblock.at_ms == t("11:04")
+    assert step.action == STORE and step.record is not None and step.record["until"] is None
+    again = handle(config, step.record, ExpiryTick(ALICE, t("11:04")), t("13:01"), Directory())
+    assert (again.action, again.decisions) == (KEEP, [])  # a repeated tick is harmless
+
+
+def test_a_sweep_deletes_only_state_that_may_be_forgotten() -> None:
+    config = PolicyConfig()
+    first = handle(config, None, verdict("m0", "10:00"), t("10:00"), Directory())
+    assert first.action == STORE
+    early = handle(config, first.record, SweepTick(ALICE), t("10:20"), Directory())
+    assert early.action == KEEP
+    late = handle(config, first.record, SweepTick(ALICE), t("10:21"), Directory())
+    assert late.action == DELETE
+    offender, _ = _burst(config)
+    kept = handle(config, offender, SweepTick(ALICE), t("+9d 10:00"), Directory())
+    assert kept.action == STORE  # the block expired on the way; the offense is kept
+    assert kept.record is not None and kept.record["offenses"] == 1
+
+
+# -------------------------------------------------------------- expiry ---
+
+
+def test_expiry_index_reports_due_blocks_in_until_order_and_retries_later() -> None:
+    index = ExpiryIndex(retry_ms=10_000)
+    index.update(0, b"a", {"until": 2_000, "permanent": False})
+    index.update(1, b"b", {"until": 1_000, "permanent": False})
+    index.update(1, b"p", {"until": None, "permanent": True})
+    assert index.counts() == (2, 1)
+    assert index.due(500) == []
+    assert index.due(2_000) == [(1, b"b", 1_000), (0, b"a", 2_000)]
+    assert index.due(2_500) == []  # already ticked, not yet worth a retry
+    assert index.due(12_000) == [(1, b"b", 1_000), (0, b"a", 2_000)]
+    index.update(1, b"b", {"until": None, "permanent": False})  # unblocked
+    index.retain({1})  # partition 0 was revoked
+    assert index.due(99_000) == []
+    assert index.counts() == (0, 1)
+
+
+# ------------------------------------------------------------- outputs ---
+
+
+def test_decisions_become_avro_records_on_their_topics_commands_first() -> None:
+    codec = Codec.from_config()
+    outputs = Outputs(codec, TopicNames(prefix="x."))
+    directory = Directory({ALICE: DirectoryEntry(ALICE, "u1", ("d1", "d2"), t("09:00"))})
+    decisions = []
+    stored = None
+    for i in range(5):
+        step = handle(
+            PolicyConfig(), stored, verdict(f"m{i}", f"10:0{i}"), t(f"10:0{i}"), directory
+        )
+        stored = step.record or stored
+        decisions.extend(step.decisions)
+    commands, rest = outputs.split_commands(decisions)
+    assert [r.topic for r in commands] == ["x.mailbox.control"]
+    assert [r.topic for r in rest] == ["x.endpoint.scan-requests"] * 2 + [
+        "x.security.alerts",
+        "x.mail.reports",
+    ]
+    name, command = codec.decode(commands[0].value)
+    assert name.endswith("MailboxCommand")
+    assert (command["action"], command["offense"], command["mailbox"]) == (
+        "BLOCK",
+        1,
+        "alice@example.com",
+    )
+    assert command["command_id"] == decisions[0].command_id
+    _, key = codec.decode(commands[0].key)
+    assert key == {"tenant_id": "t1", "mailbox": "alice@example.com"}
+    _, device_key = codec.decode(rest[0].key)
+    assert device_key["device_id"] == "d1"
