@@ -9,7 +9,6 @@ SASL or TLS configures it once. Faust is imported only in `faust_credentials`.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -171,8 +170,8 @@ def topic_prefix_option(function: F) -> F:
 def schema_registry_option(function: F) -> F:
     return click.option(
         "--schema-registry",
-        envvar="SENDGUARD_SCHEMA_REGISTRY",
+        # One name for the setting everywhere: the codec reads the same variable.
+        envvar="SENDGUARD_SCHEMA_REGISTRY_URL",
         show_envvar=True,
-        default=lambda: os.environ.get("SENDGUARD_SCHEMA_REGISTRY_URL"),
         help="Schema registry URL: Confluent framing instead of Avro single-object encoding.",
     )(function)
