@@ -265,6 +265,7 @@ def define_api(app: faust.App, ctx: ApiContext) -> None:
             await (await app.producer.send(out.topic, out.key, out.value, None, None, None))
             ctx.recent.record([plan.report])
             log_decisions([plan.report])
+            rt.metrics.decisions([plan.report], wall_ms(), None)
             return _json(
                 409,
                 {
