@@ -52,3 +52,17 @@ if ((${#missing[@]})); then
         echo "setup.sh: warning: the local Kafka broker needs ${missing[*]} (apt-get install ${missing[*]})" >&2
     fi
 fi
+
+# The status page's test renders it in a real headless browser (Debian's chromium).
+# As root with apt-get, install it when missing; otherwise that one test is skipped
+# and says why.
+if ! command -v chromium >/dev/null 2>&1; then
+    if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+        echo "setup.sh: installing chromium with apt-get (for the status page's browser test)" >&2
+        apt-get update -qq || die "apt-get update failed"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null ||
+            die "apt-get install chromium failed"
+    else
+        echo "setup.sh: note: without chromium the status page's browser test is skipped (apt-get install chromium)" >&2
+    fi
+fi
