@@ -275,9 +275,13 @@ def _sendguard() -> list[str]:
 
 
 def _broker_answers(bootstrap: str) -> bool:
+    """A Kafka broker (not run by `sendguard kafka`, e.g. docker compose) answers there."""
     from confluent_kafka.admin import AdminClient
 
+    host, _, port = bootstrap.rpartition(":")
     try:
+        # A refused TCP connect answers at once; librdkafka would retry and log each try.
+        socket.create_connection((host, int(port)), timeout=2).close()
         AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=3)
         return True
     except Exception:
@@ -494,6 +498,7 @@ def run_demo(
             console,
             records,
         )
+        del producer  # its client must be gone before the broker stops (no reconnect noise)
 
         # 5. the last events: every timed block's UNBLOCK
         deadline = time.monotonic() + options.settle_s
