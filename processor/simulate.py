@@ -17,15 +17,11 @@ import click
 from processor.policy import (
     Block,
     Decision,
-    DirectoryEntry,
     Engine,
     MailboxKey,
     PolicyConfig,
     PolicyConfigError,
-    Release,
-    TenantSettings,
-    Tick,
-    Verdict,
+    ReleaseRefused,
 )
 from processor.policy_file import load_policy
 from processor.scenario import ScenarioError, decision_line, format_timestamp, parse_line
@@ -39,6 +35,8 @@ class Simulation:
     decisions: list[Decision] = field(default_factory=list)
     #: (line number, reason) for every line that could not be used.
     rejected: list[tuple[int, str]] = field(default_factory=list)
+    #: Refused releases (the live worker reports each as `release_refused`).
+    refused: list[ReleaseRefused] = field(default_factory=list)
 
 
 def run(lines: Iterable[str], config: PolicyConfig) -> Simulation:
@@ -53,19 +51,11 @@ def run(lines: Iterable[str], config: PolicyConfig) -> Simulation:
         except ScenarioError as error:
             simulation.rejected.append((number, str(error)))
             continue
-        if isinstance(event, Verdict):
-            out.extend(engine.verdict(event)[1])
-        elif isinstance(event, DirectoryEntry):
-            out.extend(engine.directory(event))
-        elif isinstance(event, TenantSettings):
-            out.extend(engine.settings(event))
-        elif isinstance(event, Release):
-            decisions, refused = engine.release(event)
-            out.extend(decisions)
-            if refused is not None:
-                simulation.rejected.append((number, f"release refused: {refused.reason}"))
-        elif isinstance(event, Tick):
-            out.extend(engine.tick(event.at_ms))
+        decisions, refused = engine.apply(event)
+        out.extend(decisions)
+        if refused is not None:
+            simulation.refused.append(refused)
+            simulation.rejected.append((number, f"release refused: {refused.reason}"))
     return simulation
 
 

@@ -20,6 +20,7 @@ from processor.policy.events import (
     MailboxKey,
     Release,
     TenantSettings,
+    Tick,
     Verdict,
 )
 from processor.policy.machine import Outcome, ReleaseRefused, expire, release, step_verdict
@@ -116,6 +117,20 @@ class Engine:
 
     def tick(self, at_ms: int) -> list[Decision]:
         return self.advance(at_ms)
+
+    def apply(
+        self, event: Verdict | DirectoryEntry | TenantSettings | Release | Tick
+    ) -> tuple[list[Decision], ReleaseRefused | None]:
+        """Any input, dispatched to its handler: the decisions, and a refusal if any."""
+        if isinstance(event, Verdict):
+            return self.verdict(event)[1], None
+        if isinstance(event, DirectoryEntry):
+            return self.directory(event), None
+        if isinstance(event, TenantSettings):
+            return self.settings(event), None
+        if isinstance(event, Release):
+            return self.release(event)
+        return self.tick(event.at_ms), None
 
     # -- inspection ------------------------------------------------------------
     def blocked(self) -> Iterator[tuple[MailboxKey, MailboxState]]:

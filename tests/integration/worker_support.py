@@ -22,15 +22,11 @@ from typing import Any
 from processor.codec.wire import Codec
 from processor.policy import (
     Decision,
-    DirectoryEntry,
     Engine,
     PolicyConfig,
-    Release,
-    TenantSettings,
-    Tick,
-    Verdict,
 )
 from processor.scenario import format_timestamp, parse_line
+from processor.simulate import run
 from processor.stream.topic_admin import apply_topics
 from processor.stream.topics import STATE_TABLE, TopicNames
 from processor.tools.tail import read_topic
@@ -215,25 +211,10 @@ class Expected:
 
 def expected(lines: Iterable[str], config: PolicyConfig = POLICY) -> Expected:
     """What `simulate` decides for these lines, plus refused releases' reports."""
-    engine = Engine(config)
-    out: list[Decision] = []
-    refused: list[Decision] = []
-    for text in lines:
-        event = parse_line(text)
-        if isinstance(event, Verdict):
-            out.extend(engine.verdict(event)[1])
-        elif isinstance(event, DirectoryEntry):
-            out.extend(engine.directory(event))
-        elif isinstance(event, TenantSettings):
-            out.extend(engine.settings(event))
-        elif isinstance(event, Release):
-            decisions, rejected = engine.release(event)
-            out.extend(decisions)
-            if rejected is not None:
-                refused.append(rejected.report)
-        elif isinstance(event, Tick):
-            out.extend(engine.tick(event.at_ms))
-    return Expected(out, refused, engine)
+    simulation = run(lines, config)
+    assert all(reason.startswith("release refused") for _, reason in simulation.rejected)
+    refused: list[Decision] = [r.report for r in simulation.refused]
+    return Expected(simulation.decisions, refused, simulation.engine)
 
 
 def wait_for(predicate: Any, timeout_s: float, what: str, every_s: float = 1.0) -> None:
