@@ -11,13 +11,11 @@ from its first record to the last. Prints the number; asserts nothing.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import random
 import time
-import uuid
 
+from benchmarks.kafka_support import bulk_producer, create_topics, fresh_names, produce_all
 from processor.codec.wire import Codec
-from processor.topics import load_topics
 
 
 def main() -> None:
@@ -27,25 +25,17 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=5000)
     args = parser.parse_args()
 
-    from confluent_kafka import Producer
-
     from processor.stream.edge import EdgeConfig, EdgeStage
-    from processor.stream.topic_admin import apply_topics
-    from processor.stream.topics import TopicNames, ensure_internal_topic
 
-    run = uuid.uuid4().hex[:8]
-    names = TopicNames(prefix=f"bench{run}.", app_id=f"bench{run}")
+    names = fresh_names("bench")
     client = {"bootstrap.servers": args.bootstrap}
-    apply_topics(
-        args.bootstrap, [dataclasses.replace(s, name=names.external(s.name)) for s in load_topics()]
-    )
-    ensure_internal_topic(client, names.mailbox_events, 6, 1)
+    create_topics(args.bootstrap, names, internal_partitions=6)
 
     codec = Codec.from_config()
-    producer = Producer({**client, "linger.ms": 20, "batch.num.messages": 10000})
     rng = random.Random(7)
     base = int(time.time() * 1000)
     started = time.monotonic()
+    values: list[tuple[bytes | None, bytes]] = []
     for i in range(args.count):
         qualifying = rng.random() < 0.02
         record = {
@@ -56,13 +46,10 @@ def main() -> None:
             "verdict": rng.choice(["SPAM", "VIRUS"]) if qualifying else "CLEAN",
             "scanned_at": base + i,
         }
-        while True:
-            try:
-                producer.produce(names.verdicts, codec.encode("Verdict", record))
-                break
-            except BufferError:
-                producer.poll(0.05)
-    producer.flush(60)
+        values.append((None, codec.encode("Verdict", record)))
+    produce_all(
+        bulk_producer(args.bootstrap, partitioner="consistent_random"), names.verdicts, values
+    )
     print(f"produced {args.count} verdicts in {time.monotonic() - started:.1f}s")
 
     stage = EdgeStage(
