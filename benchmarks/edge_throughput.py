@@ -1,6 +1,6 @@
 """Edge-stage throughput on a real broker: verdicts/s of one `EdgeStage` loop.
 
-    .venv/bin/python benchmarks/edge_throughput.py --bootstrap 127.0.0.1:9092 [--count 300000]
+    .venv/bin/python -m benchmarks.edge_throughput --bootstrap 127.0.0.1:9092 [--count 300000]
 
 Produces COUNT verdicts (2 % qualifying, the rest clean or inbound) to a fresh
 prefixed mail.verdicts, then times one edge stage (the code the worker runs in
