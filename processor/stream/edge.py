@@ -12,6 +12,10 @@ keeps the GIL away from the stateful agent). Per batch:
       ─► flush: wait until every produce of the batch is delivered
       ─► commit the batch's source offsets
 
+Any failure the loop cannot retry in place (a delivery not made in time, a
+consumer fatal error) ends the process; `EdgeSupervisor` starts a new one, which
+resumes from the committed offsets.
+
 Offsets are committed only after delivery, so a crash replays at most one batch
 (at-least-once); the policy drops replayed verdicts by message id and replayed
 releases find the mailbox already released (their refusal report has a fixed id).
@@ -29,6 +33,7 @@ import contextlib
 import logging
 import os
 import signal
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -83,6 +88,11 @@ class EdgeCounts:
 
 class DeliveryFailed(Exception):
     """A produce of the batch was not delivered: the batch must not be committed."""
+
+
+class ConsumerFailed(Exception):
+    """The consumer reported a fatal error (e.g. fenced after a broker restart): it
+    cannot consume or commit again, so the process exits and is restarted."""
 
 
 class TransientDecodeError(Exception):
@@ -147,8 +157,11 @@ class EdgeStage:
     def process_batch(self, messages: list[Any]) -> None:
         """Decode, count, dead-letter and forward one batch; produces are not yet flushed.
 
-        Raises TransientDecodeError (nothing of the batch may be committed).
+        Raises TransientDecodeError (nothing of the batch may be committed) and
+        ConsumerFailed (the consumer is unusable).
         """
+        from confluent_kafka import KafkaError
+
         counts = self.counts
         verdict_counts = counts.verdicts
         decode = self.codec.decode
@@ -157,8 +170,15 @@ class EdgeStage:
         internal = self.config.internal_topic
         encode_key, encode_event = events.encode_key, events.encode_event
         for message in messages:
-            if message.error() is not None:
-                log.warning("consume error: %s", message.error())
+            failure = message.error()
+            if failure is not None:
+                # A fatal error (librdkafka: FENCED_INSTANCE_ID when a static member's
+                # session expired during a broker outage) leaves the consumer
+                # unable to fetch or commit: consume() returns nothing from then on.
+                # It arrives as code _FATAL, with fatal() false on the message's error.
+                if failure.fatal() or failure.code() == KafkaError._FATAL:
+                    raise ConsumerFailed(str(failure))
+                log.warning("consume error: %s", failure)
                 continue
             value = message.value()
             try:
@@ -320,7 +340,12 @@ def edge_process_main(config: EdgeConfig, connection: Any, parent_pid: int, log_
         with contextlib.suppress(OSError):
             connection.send(counts)
 
-    EdgeStage(config).run(stopping, report)
+    try:
+        EdgeStage(config).run(stopping, report)
+    except Exception:
+        # Uncommitted batches are replayed by the next process (at-least-once).
+        log.exception("edge stage failed; exiting so that the worker restarts it")
+        sys.exit(1)
 
 
 class EdgeSupervisor:

@@ -4,6 +4,7 @@ the agent takes, the expiry index, and decisions as output records."""
 from __future__ import annotations
 
 import pytest
+from confluent_kafka import KafkaError
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -20,6 +21,7 @@ from processor.policy import (
     Verdict,
     VerdictKind,
 )
+from processor.stream.edge import ConsumerFailed, EdgeConfig, EdgeCounts, EdgeStage
 from processor.stream.events import (
     EventFormatError,
     ExpiryTick,
@@ -202,3 +204,66 @@ def test_decisions_become_avro_records_on_their_topics_commands_first() -> None:
     assert key == {"tenant_id": "t1", "mailbox": "alice@example.com"}
     _, device_key = codec.decode(rest[0].key)
     assert device_key["device_id"] == "d1"
+
+
+# ---------------------------------------------------------------- edge ---
+
+
+class _ErrorMessage:
+    def __init__(self, error: KafkaError) -> None:
+        self._error = error
+
+    def error(self) -> KafkaError:
+        return self._error
+
+
+class _Consumer:
+    """Returns the given batches, then nothing; records commits and close."""
+
+    def __init__(self, batches: list[list[_ErrorMessage]]) -> None:
+        self.batches = batches
+        self.polls = 0
+        self.closed = False
+
+    def subscribe(self, topics: list[str]) -> None:
+        pass
+
+    def consume(self, num_messages: int, timeout: float) -> list[_ErrorMessage]:
+        self.polls += 1
+        return self.batches.pop(0) if self.batches else []
+
+    def commit(self, **options: object) -> None:
+        pass
+
+    def assignment(self) -> list[object]:
+        return []
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class _Producer:
+    def flush(self, timeout: float) -> int:
+        return 0
+
+
+def test_the_edge_stage_stops_on_a_fatal_consumer_error_and_not_on_others() -> None:
+    # librdkafka reports FENCED_INSTANCE_ID of a static member as a fatal error, once;
+    # the consumer then returns nothing for ever, so looping on would stall the stage.
+    stage = EdgeStage.__new__(EdgeStage)
+    stage.config = EdgeConfig({}, "g", "v", "s", "i", "d")
+    stage.codec = Codec.from_config()
+    stage.counts = EdgeCounts()
+    stage._failed = []
+    consumer = _Consumer(
+        [
+            [_ErrorMessage(KafkaError(KafkaError._TRANSPORT, "broker down"))],
+            # As the consumer delivers it: code _FATAL, but fatal() false.
+            [_ErrorMessage(KafkaError(KafkaError._FATAL, "fenced"))],
+        ]
+    )
+    stage.consumer, stage.producer = consumer, _Producer()
+    reports: list[EdgeCounts] = []
+    with pytest.raises(ConsumerFailed, match="fenced"):
+        stage.run(lambda: consumer.polls >= 5, reports.append)
+    assert consumer.polls == 2 and consumer.closed
