@@ -8,15 +8,20 @@ worker mid-stream, and then checks against `simulate` for the same input:
     wall-clock stamps (block start, end, counts_from), which differ by latency.
 
 The bursts are spaced so that downtime of up to ~20 s cannot change an outcome
-(see SECOND_BURST_MS).
+(see SECOND_BURST_MS). Waits are derived from the scenario's own clock (when its
+last record and its last decision are due), plus a fixed slack for a slow machine,
+and a timeout says what was missing and shows the end of each worker's log.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
+import subprocess
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +43,12 @@ from processor.scenario import format_timestamp
 #: A mailbox's second burst follows its first by this much: more than the first
 #: block (3 s) plus the longest lag a restart causes, so downtime cannot change it.
 SECOND_BURST_MS = 25_000
+#: How long `produce` may run past the time its last record is due (its own start-up,
+#: redelivery after a broker outage) before the test gives up on it.
+PRODUCE_SLACK_S = 60
+#: How long after the last decision is due the worker may take to have made them all
+#: (recovery, a rebalance after a 10 s session timeout, restarts, a loaded machine).
+SETTLE_S = 90
 #: State fields that do not depend on when the worker processed an event.
 STABLE_FIELDS = ("offenses", "sequence", "permanent", "high_water", "allowlist_hits")
 
@@ -70,18 +81,103 @@ def many_mailboxes(t0: int, seed: int, mailboxes: int = 16, span_s: int = 16) ->
     return lines
 
 
-def check(deployment: Deployment, lines: list[str]) -> None:
+@dataclasses.dataclass
+class Stream:
+    """A scenario being produced in real time by `sendguard produce --pace realtime`."""
+
+    deployment: Deployment
+    #: The whole scenario, for simulate: closed by a tick past the last expiry.
+    lines: list[str]
+    producer: subprocess.Popen[bytes]
+    #: Wall-clock time (epoch s) at which the last record is due to be sent.
+    last_record_at: float
+
+
+def start_stream(deployment: Deployment, seed: int) -> Stream:
+    lines = many_mailboxes(int(time.time() * 1000), seed=seed)
+    # The closing tick only moves simulate's clock; paced, it would keep `produce`
+    # idle for a minute after the last record, for nothing.
+    assert json.loads(lines[-1])["type"] == "tick"
+    producer = deployment.produce(lines[:-1])
+    return Stream(deployment, lines, producer, line_time(lines[-2]) / 1000)
+
+
+def finish_stream(
+    stream: Stream, workers: Sequence[WorkerProcess], supervise: Sequence[WorkerProcess] = ()
+) -> None:
+    """Wait until `produce` has sent (and had delivered) every record.
+
+    Meanwhile every worker in `supervise` that exits is started again, as a process
+    supervisor (systemd, Kubernetes) would.
+    """
+    deadline = stream.last_record_at + PRODUCE_SLACK_S
+    while stream.producer.poll() is None:
+        if time.time() > deadline:
+            stream.producer.kill()
+            stream.producer.wait(10)
+            raise AssertionError(
+                f"produce still running {PRODUCE_SLACK_S}s after its last record was due\n"
+                + diagnostics(stream, workers)
+            )
+        _restart_exited(supervise)
+        time.sleep(0.5)
+    assert stream.producer.returncode == 0, "produce failed\n" + diagnostics(stream, workers)
+
+
+def _restart_exited(workers: Sequence[WorkerProcess]) -> None:
+    for worker in workers:
+        if not worker.alive():
+            worker.start()
+
+
+def diagnostics(stream: Stream, workers: Sequence[WorkerProcess], missing: str = "") -> str:
+    produce_log = stream.deployment.tmp / "produce.log"
+    parts = [missing] if missing else []
+    if produce_log.exists():
+        parts.append("--- produce:\n" + "\n".join(produce_log.read_text().splitlines()[-10:]))
+    parts += [worker.log_tail() for worker in workers]
+    return "\n".join(parts)
+
+
+def _describe(items: set[tuple[str, str, str, int, str]]) -> str:
+    return ", ".join(
+        f"{action} {mailbox} #{offense}" for _, mailbox, action, offense, _ in sorted(items)
+    )
+
+
+def check(
+    stream: Stream, workers: Sequence[WorkerProcess], supervise: Sequence[WorkerProcess] = ()
+) -> None:
+    deployment, lines = stream.deployment, stream.lines
     want = expected(lines)
     required = expected_control(want.decisions)
     control_topic = deployment.names.control
+    got: set[tuple[str, str, str, int, str]] = set()
+
+    def complete() -> bool:
+        nonlocal got
+        _restart_exited(supervise)
+        got = control_summary(deployment.read(control_topic, 1.0))
+        return got >= required
+
+    def missing() -> str:
+        return diagnostics(
+            stream,
+            workers,
+            f"missing ({len(required - got)} of {len(required)}): {_describe(required - got)}\n"
+            f"unexpected: {_describe(got - required) or 'none'}",
+        )
+
+    last_due = max(d.at_ms for d in want.decisions) / 1000
     wait_for(
-        lambda: control_summary(deployment.read(control_topic, 1.0)) >= required,
-        90,
+        complete,
+        max(0.0, last_due - time.time()) + SETTLE_S,
         "every required BLOCK and UNBLOCK",
+        diagnose=missing,
     )
     control = deployment.read(control_topic)
     got = control_summary(control)
-    assert got == required, f"missing {required - got}, unexpected {got - required}"
+    assert got == required, missing()
     ids: dict[tuple[str, int], set[str]] = defaultdict(set)
     for record in control:
         if record["action"] == "BLOCK":
@@ -89,24 +185,38 @@ def check(deployment: Deployment, lines: list[str]) -> None:
     assert all(len(v) == 1 for v in ids.values()), ids
 
     expected_state = {
-        (key.tenant_id, key.mailbox): state.to_record() for key, state in want.engine.states.items()
+        (key.tenant_id, key.mailbox): stable(state.to_record())
+        for key, state in want.engine.states.items()
     }
-
-    def stable(record: dict[str, Any]) -> dict[str, Any]:
-        return {
-            **{f: record[f] for f in STABLE_FIELDS},
-            "blocked": record["until"] is not None or record["permanent"],
-            "window": sorted(mid for _, mid in record["window"]),
-        }
+    table: dict[tuple[str, str], dict[str, Any]] = {}
 
     def table_matches() -> bool:
-        table = deployment.table_state()
-        return {k: stable(v) for k, v in table.items()} == {
-            k: stable(v) for k, v in expected_state.items()
-        }
+        nonlocal table
+        table = {k: stable(v) for k, v in deployment.table_state().items()}
+        return table == expected_state
+
+    def differences() -> str:
+        keys = sorted(set(table) | set(expected_state))
+        lines = [
+            f"{key}: table {table.get(key)} simulate {expected_state.get(key)}"
+            for key in keys
+            if table.get(key) != expected_state.get(key)
+        ]
+        return diagnostics(stream, workers, "\n".join(lines))
 
     # The last expiries' state writes may trail their UNBLOCKs by a moment.
-    wait_for(table_matches, 20, "the table state to equal simulate's", every_s=2)
+    wait_for(
+        table_matches, 20, "the table state to equal simulate's", every_s=2, diagnose=differences
+    )
+
+
+def stable(record: dict[str, Any]) -> dict[str, Any]:
+    """The state fields that do not depend on when the worker processed an event."""
+    return {
+        **{f: record[f] for f in STABLE_FIELDS},
+        "blocked": record["until"] is not None or record["permanent"],
+        "window": sorted(mid for _, mid in record["window"]),
+    }
 
 
 def test_sigkill_mid_stream_several_times(bootstrap: str, tmp_path: Path) -> None:
@@ -115,8 +225,7 @@ def test_sigkill_mid_stream_several_times(bootstrap: str, tmp_path: Path) -> Non
     rng = random.Random()
     try:
         worker.wait_ready()
-        lines = many_mailboxes(int(time.time() * 1000), seed=11)
-        producer = deployment.produce(lines)
+        stream = start_stream(deployment, seed=11)
         for _ in range(3):
             time.sleep(rng.uniform(1, 6))
             worker.kill()
@@ -124,8 +233,8 @@ def test_sigkill_mid_stream_several_times(bootstrap: str, tmp_path: Path) -> Non
             # Killing it again during its start-up would only stretch the outage
             # beyond what the scenario's spacing tolerates.
             worker.wait_ready()
-        assert producer.wait(90) == 0
-        check(deployment, lines)
+        finish_stream(stream, [worker])
+        check(stream, [worker])
     finally:
         worker.stop()
 
@@ -137,13 +246,12 @@ def test_one_of_two_workers_killed(bootstrap: str, tmp_path: Path) -> None:
     try:
         first.wait_ready()
         second.wait_ready()
-        lines = many_mailboxes(int(time.time() * 1000), seed=12)
-        producer = deployment.produce(lines)
+        stream = start_stream(deployment, seed=12)
         time.sleep(8)
         second.kill()
-        assert producer.wait(90) == 0
-        check(deployment, lines)
-        assert first.alive()
+        finish_stream(stream, [first, second])
+        check(stream, [first, second])
+        assert first.alive(), first.log_tail()
     finally:
         first.stop()
         second.stop()
@@ -160,26 +268,16 @@ def test_broker_restart_mid_stream(tmp_path: Path) -> None:
         worker = deployment.worker().start()
         try:
             worker.wait_ready()
-            lines = many_mailboxes(int(time.time() * 1000), seed=13)
-            producer = deployment.produce(lines)
+            stream = start_stream(deployment, seed=13)
             time.sleep(6)
             broker.down()
             time.sleep(4)
             broker.up()
-            # The worker's own clients reconnect; if Faust gave up during the outage,
+            # The worker's own clients reconnect; if Faust gives up during the outage,
             # a process supervisor (systemd, Kubernetes) restarts it, as here.
-            _restart_if_exited(worker, seconds=30)
-            assert producer.wait(120) == 0
-            check(deployment, lines)
+            finish_stream(stream, [worker], supervise=[worker])
+            check(stream, [worker], supervise=[worker])
         finally:
             worker.stop()
     finally:
         broker.down()
-
-
-def _restart_if_exited(worker: WorkerProcess, seconds: float) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if not worker.alive():
-            worker.start()
-        time.sleep(1)

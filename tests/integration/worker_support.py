@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +113,18 @@ class Deployment:
         return state
 
 
+#: Log lines repeated many times a second while the broker is unreachable.
+_RECONNECT_NOISE = (
+    "Connect call failed",
+    "Connection refused",
+    "NodeNotReadyError",
+    "Unable to update metadata",
+    "Unable to request metadata",
+    "not found in cache",
+    "Disconnected",
+)
+
+
 class WorkerProcess:
     """`sendguard worker` in a subprocess (its edge stage is its child)."""
 
@@ -185,6 +197,20 @@ class WorkerProcess:
         self.process.send_signal(signal.SIGKILL)
         self.process.wait(10)
 
+    def log_tail(self, lines: int = 40) -> str:
+        """The end of the worker's log (both starts), without librdkafka's and aiokafka's
+        reconnect chatter, which would bury everything else after a broker outage."""
+        if not self.log.exists():
+            return f"--- {self.name}: no log"
+        kept = [
+            line
+            for line in self.log.read_text(errors="replace").splitlines()
+            if not any(noise in line for noise in _RECONNECT_NOISE)
+        ]
+        return f"--- {self.name} (started {self.starts}x), last {lines} lines of {self.log}:\n" + (
+            "\n".join(kept[-lines:])
+        )
+
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
@@ -217,13 +243,21 @@ def expected(lines: Iterable[str], config: PolicyConfig = POLICY) -> Expected:
     return Expected(simulation.decisions, refused, simulation.engine)
 
 
-def wait_for(predicate: Any, timeout_s: float, what: str, every_s: float = 1.0) -> None:
+def wait_for(
+    predicate: Any,
+    timeout_s: float,
+    what: str,
+    every_s: float = 1.0,
+    diagnose: Callable[[], str] | None = None,
+) -> None:
+    """Poll `predicate` until true; on timeout, fail with `diagnose()`'s account."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if predicate():
             return
         time.sleep(every_s)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+    detail = f"\n{diagnose()}" if diagnose is not None else ""
+    raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}{detail}")
 
 
 def verdict_line(
