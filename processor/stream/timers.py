@@ -62,7 +62,10 @@ def define_timers(
         rt.metrics.set_blocks(*rt.index.counts())
         for tp in app.assignor.assigned_actives():
             if tp.topic == topic and tp.partition in rt.processed:
-                lag = app.consumer.highwater(tp) - rt.processed[tp.partition] - 1
+                highwater = app.consumer.highwater(tp)
+                if highwater is None:  # just assigned, nothing fetched yet
+                    continue
+                lag = highwater - rt.processed[tp.partition] - 1
                 rt.metrics.set_lag(tp.topic, tp.partition, max(0, lag))
 
     # Rule 6 sweep: at most once a window (and not more often than a minute), since
