@@ -18,6 +18,12 @@ def define_state_table(app: faust.App, partitions: int) -> TableT[bytes, Any]:
     return app.Table(
         STATE_TABLE,
         default=None,
+        # key_type as well as the schema: faust derives the table's own key
+        # serializer (the one its recovery decodes changelog keys with) from
+        # key_type alone, defaulting to JSON. Recovered keys then came back as
+        # tuples ('t1', 'a@x.com') while the agent looks up bytes: in the memory
+        # store every recovered state was invisible to the agent.
+        key_type=bytes,
         schema=faust.Schema(key_type=bytes, key_serializer="raw", value_serializer="json"),
         partitions=partitions,
         help="Lockout state per mailbox (processor.policy.state.MailboxState).",

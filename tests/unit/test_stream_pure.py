@@ -267,3 +267,39 @@ def test_the_edge_stage_stops_on_a_fatal_consumer_error_and_not_on_others() -> N
     with pytest.raises(ConsumerFailed, match="fenced"):
         stage.run(lambda: consumer.polls >= 5, reports.append)
     assert consumer.polls == 2 and consumer.closed
+
+
+# --------------------------------------------------------------- table ---
+
+
+def test_a_state_recovered_from_the_changelog_is_found_under_the_agents_key() -> None:
+    # The agent reads the table with the internal topic's key bytes. Recovery (after
+    # a rebalance or a restart) decodes changelog keys with the table's own key
+    # serializer: when that was JSON, the memory store filed the state under
+    # ('t1', 'a@x.com') and the agent stepped the mailbox from scratch.
+    import asyncio
+    import json
+
+    import faust
+    from faust.types import Message
+
+    from processor.stream.tables import define_state_table
+
+    app = faust.App("unit", broker="kafka://127.0.0.1:9", autodiscover=False, store="memory://")
+    table = define_state_table(app, 4)
+    key = encode_key(ALICE)
+    value = json.dumps({"key": key.decode(), "state": {"v": 1}}).encode()
+    message = Message(
+        topic=table.changelog_topic.get_topic_name(),
+        partition=0,
+        offset=0,
+        timestamp=0.0,
+        timestamp_type=0,
+        headers=[],
+        key=key,
+        value=value,
+        checksum=None,
+    )
+    event = asyncio.run(table.changelog_topic.decode(message))
+    table.apply_changelog_batch([event])
+    assert table.get(key) == {"key": key.decode(), "state": {"v": 1}}
