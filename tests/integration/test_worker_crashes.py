@@ -240,11 +240,9 @@ def test_sigkill_mid_stream_several_times(bootstrap: str, tmp_path: Path) -> Non
         worker.stop()
 
 
-def test_one_of_two_workers_killed_and_restarted(bootstrap: str, tmp_path: Path) -> None:
-    # Two workers share the group; one dies mid-stream and its supervisor (systemd,
-    # Kubernetes) starts it again. Static membership gives it its partitions back
-    # without a rebalance; the other worker goes on undisturbed. RocksDB, the default
-    # store: with the memory store this lost state in 1 run of 3 (README).
+def _kill_one_of_two_workers(bootstrap: str, tmp_path: Path, restart: bool) -> None:
+    """Two workers share the group; the second is SIGKILLed mid-stream and, when
+    `restart`, started again by its supervisor after 2 s."""
     deployment = Deployment.create(bootstrap, tmp_path)
     first = deployment.worker("w1", store="rocksdb").start()
     second = deployment.worker("w2", store="rocksdb").start()
@@ -254,15 +252,24 @@ def test_one_of_two_workers_killed_and_restarted(bootstrap: str, tmp_path: Path)
         stream = start_stream(deployment, seed=12)
         time.sleep(8)
         second.kill()
-        time.sleep(2)
-        second.start()
-        second.wait_ready()
+        if restart:
+            time.sleep(2)
+            second.start()
+            second.wait_ready()
         finish_stream(stream, [first, second])
         check(stream, [first, second])
         assert first.alive(), first.log_tail()
     finally:
         first.stop()
         second.stop()
+
+
+def test_one_of_two_workers_killed_and_restarted(bootstrap: str, tmp_path: Path) -> None:
+    # The supervisor (systemd, Kubernetes) starts the dead worker again; static
+    # membership gives it its partitions back without a rebalance, and the other
+    # worker goes on undisturbed. RocksDB, the default store: with the memory store
+    # this lost state in 1 run of 3 (README, known limitations).
+    _kill_one_of_two_workers(bootstrap, tmp_path, restart=True)
 
 
 @pytest.mark.xfail(
@@ -272,21 +279,7 @@ def test_one_of_two_workers_killed_and_restarted(bootstrap: str, tmp_path: Path)
     "before the kill are sometimes lost (1 run in 3 here); README, known limitations",
 )
 def test_one_of_two_workers_killed_survivor_takes_over(bootstrap: str, tmp_path: Path) -> None:
-    deployment = Deployment.create(bootstrap, tmp_path)
-    first = deployment.worker("w1", store="rocksdb").start()
-    second = deployment.worker("w2", store="rocksdb").start()
-    try:
-        first.wait_ready()
-        second.wait_ready()
-        stream = start_stream(deployment, seed=12)
-        time.sleep(8)
-        second.kill()
-        finish_stream(stream, [first, second])
-        check(stream, [first, second])
-        assert first.alive(), first.log_tail()
-    finally:
-        first.stop()
-        second.stop()
+    _kill_one_of_two_workers(bootstrap, tmp_path, restart=False)
 
 
 def test_broker_restart_mid_stream(tmp_path: Path) -> None:
