@@ -29,6 +29,7 @@ from processor.policy import (
     PolicyConfig,
     Release,
     TenantSettings,
+    Tick,
     Unblock,
     Verdict,
     VerdictKind,
@@ -153,7 +154,7 @@ class PolicyComparison(RuleBasedStateMachine):
             default_synchronized_security=default_ss,
             allowlist=allowlist,
         )
-        self.inputs: list[tuple] = []  # (kind, engine input) for the replay
+        self.inputs: list = []  # every engine input, in order, for the replay
         self.lines: list[str] = []  # the same inputs as a scenario
         self.output: list = []
         self.refused_lines: list[int] = []
@@ -208,7 +209,7 @@ class PolicyComparison(RuleBasedStateMachine):
             assert {k: v for k, v in before.items() if k not in expired} == {
                 k: v for k, v in after.items() if k not in expired
             }, step
-        self.inputs.append(("verdict", verdict))
+        self.inputs.append(verdict)
         self.lines.append(
             json.dumps(
                 {
@@ -282,7 +283,7 @@ class PolicyComparison(RuleBasedStateMachine):
         decisions = self.engine.directory(entry)
         expected = self.model.directory(tenant, mailbox, owner, devices, at)
         self._compare(f"directory {entry}", expected, decisions)
-        self.inputs.append(("directory", entry))
+        self.inputs.append(entry)
         self.lines.append(
             json.dumps(
                 {
@@ -303,7 +304,7 @@ class PolicyComparison(RuleBasedStateMachine):
         decisions = self.engine.settings(entry)
         expected = self.model.settings(tenant, on, at)
         self._compare(f"settings {entry}", expected, decisions)
-        self.inputs.append(("settings", entry))
+        self.inputs.append(entry)
         self.lines.append(
             json.dumps(
                 {
@@ -332,7 +333,7 @@ class PolicyComparison(RuleBasedStateMachine):
         self._compare(step, expected, decisions)
         assert (refused is not None) == want_refused, f"{step}: refused={refused}"
         event(f"release refused={want_refused}")
-        self.inputs.append(("release", request))
+        self.inputs.append(request)
         self.lines.append(
             json.dumps(
                 {
@@ -354,7 +355,7 @@ class PolicyComparison(RuleBasedStateMachine):
         decisions = self.engine.tick(at)
         expected = self.model.tick(at)
         self._compare(f"tick {at}", expected, decisions)
-        self.inputs.append(("tick", at))
+        self.inputs.append(Tick(at))
         self.lines.append(json.dumps({"type": "tick", "at": self._stamp(data, at)}))
 
     @invariant()
@@ -368,17 +369,8 @@ class PolicyComparison(RuleBasedStateMachine):
         # replaying the same input gives the same output, ids included
         again = Engine(self.config)
         replayed: list = []
-        for kind, item in self.inputs:
-            if kind == "verdict":
-                replayed.extend(again.verdict(item)[1])
-            elif kind == "directory":
-                replayed.extend(again.directory(item))
-            elif kind == "settings":
-                replayed.extend(again.settings(item))
-            elif kind == "release":
-                replayed.extend(again.release(item)[0])
-            else:
-                replayed.extend(again.tick(item))
+        for item in self.inputs:
+            replayed.extend(again.apply(item)[0])
         assert replayed == self.output
         # `sendguard simulate` over the same inputs as scenario lines: same decisions
         simulation = run(list(self.lines), self.config)
