@@ -289,9 +289,18 @@ def test_status_page_in_headless_browser(live: Live, tmp_path: Path) -> None:
     chromium = shutil.which("chromium")
     if chromium is None:
         pytest.skip("chromium is not installed (scripts/setup.sh installs it as root)")
-    now = int(time.time() * 1000)
-    live.play(burst("t3", "page@z.com", now + 200, "p1"))
+    # A permanent block (the policy's 2nd offense): a 10 s timed block could end while
+    # a slow machine is still starting chromium, and leave the page without it.
+    live.play(burst("t3", "page@z.com", int(time.time() * 1000) + 200, "p1"))
     wait_for(lambda: _blocked(live, "t3", "page@z.com"), 20, "page@z.com blocked", every_s=0.2)
+    wait_for(lambda: live.mailbox("t3", "page@z.com")["block"] is None, 30, "page@z.com unblocked")
+    live.play(burst("t3", "page@z.com", int(time.time() * 1000) + 200, "p2"))
+    wait_for(
+        lambda: _blocked(live, "t3", "page@z.com", permanent=True),
+        20,
+        "page@z.com blocked permanently",
+        every_s=0.2,
+    )
 
     def browse(*mode: str) -> subprocess.CompletedProcess[str]:
         # fmt: off
