@@ -1,26 +1,46 @@
-"""A work-around for a faust-streaming bug that breaks at-least-once delivery.
+"""Work-arounds for two faust-streaming bugs that break at-least-once delivery.
 
-Faust writes table changes to the changelog through a buffer (`ProducerBuffer`)
-that a background task drains, and flushes that buffer before it commits consumer
-offsets. But `ProducerBuffer.flush` gives up as soon as one message takes more than
-0.1 s to leave the buffer (faust-streaming 0.15, `flush_atmost`): under load the
-offsets are then committed while changelog records are still waiting, and a worker
-killed at that moment loses those state changes for good — its successor resumes
-after the committed offset and recovers a changelog without them. (Seen in
-`test_one_of_two_workers_killed`: counted verdicts of the killed worker's last
-seconds were gone.) Here `flush` waits until the buffer is really empty.
+Both were found by the crash tests (tests/integration/test_worker_crashes.py), and
+both lose state changes silently; each has a regression test in
+tests/unit/test_faust_fixes.py that fails without it.
+
+1. **Flush gives up.** Faust writes table changes to the changelog through a buffer
+   (`ProducerBuffer`) that a background task drains, and flushes that buffer before
+   it commits consumer offsets. But `ProducerBuffer.flush` gives up as soon as one
+   message takes more than 0.1 s to leave the buffer (faust-streaming 0.15,
+   `flush_atmost`): under load the offsets are then committed while changelog
+   records are still waiting, and a worker killed at that moment loses those state
+   changes for good. Here `flush` waits until the buffer is really empty.
+
+2. **No rewind for partitions never committed.** After a rebalance Faust lets the
+   fetcher run during recovery and drops what it fetched for stream partitions that
+   were still paused; it then relies on "seek to committed offsets" to read those
+   records again. aiokafka's `seek_to_committed` only seeks partitions whose
+   committed offset is above 0, so a partition the group never committed (a worker
+   killed in its first seconds, before its first commit) keeps the fetch position
+   beyond the dropped records: the survivor that takes it over skips them (seen in
+   `test_one_of_two_workers_killed_survivor_takes_over`: a partition's events 3..12
+   never reached the agent; faust-streaming issue #216 describes the same skip).
+   Here such partitions of the agents' topics are sought to their beginning, which
+   is what "no committed offset" means under `auto_offset_reset="earliest"`.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from typing import Any
 
-_MARK = "_sendguard_drains_fully"
+_MARK = "_sendguard_fixed"
 
 
 def install() -> None:
-    """Make `ProducerBuffer.flush` drain the buffer completely (idempotent)."""
+    """Apply both work-arounds (idempotent)."""
+    _drain_fully_on_flush()
+    _rewind_uncommitted_partitions()
+
+
+def _drain_fully_on_flush() -> None:
     from faust.transport.producer import ProducerBuffer
 
     if getattr(ProducerBuffer.flush, _MARK, False):
@@ -42,3 +62,31 @@ def install() -> None:
 
     setattr(flush, _MARK, True)
     ProducerBuffer.flush = flush  # type: ignore[method-assign]
+
+
+def _rewind_uncommitted_partitions() -> None:
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    if getattr(AIOKafkaConsumerThread.seek_to_committed, _MARK, False):
+        return
+
+    async def seek_to_committed(self: Any) -> Any:
+        consumer = self._ensure_consumer()
+        return await self.call_thread(seek_streams_to_committed, consumer, self.app)
+
+    setattr(seek_to_committed, _MARK, True)
+    AIOKafkaConsumerThread.seek_to_committed = seek_to_committed  # type: ignore[method-assign]
+
+
+async def seek_streams_to_committed(consumer: Any, app: Any) -> Mapping[Any, int | None]:
+    """`consumer.seek_to_committed()`, and the agents' partitions that have no
+    committed offset (None or 0) to their beginning. Changelog partitions are left
+    alone: Faust positions those itself, from its own offsets."""
+    committed: Mapping[Any, int | None] = await consumer.seek_to_committed()
+    stream_topics = app.topics.acking_topics
+    never_committed = [
+        tp for tp, offset in committed.items() if not offset and tp.topic in stream_topics
+    ]
+    if never_committed:
+        await consumer.seek_to_beginning(*never_committed)
+    return committed

@@ -166,6 +166,8 @@ class WorkerProcess:
             stdout=open(self.log, "ab"),  # noqa: SIM115
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            # Line by line: a SIGKILLed worker's last words are the ones that matter.
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         return self
 

@@ -1,5 +1,8 @@
-"""Regression: Faust's producer buffer flush gave up after 0.1 s, so offsets could be
-committed before table changes reached the changelog (state lost on a crash)."""
+"""Regressions for processor.stream.faust_fixes:
+1. Faust's producer buffer flush gave up after 0.1 s, so offsets could be committed
+   before table changes reached the changelog (state lost on a crash).
+2. After a rebalance, partitions the group never committed were not rewound past the
+   records Faust dropped during recovery (a survivor skipped a dead worker's events)."""
 
 from __future__ import annotations
 
@@ -10,6 +13,8 @@ from typing import Any
 from faust.transport.producer import ProducerBuffer
 
 from processor.stream import faust_fixes
+
+# -- 1. flush drains the buffer
 
 
 class SlowBuffer(ProducerBuffer):
@@ -42,3 +47,60 @@ def test_install_is_idempotent() -> None:
     patched = ProducerBuffer.flush
     faust_fixes.install()
     assert ProducerBuffer.flush is patched
+
+
+# -- 2. partitions the group never committed are rewound, not left where prefetch was
+
+
+class RecordingConsumer:
+    """The two aiokafka consumer calls the fix makes, recorded."""
+
+    def __init__(self, committed: dict[Any, int | None]) -> None:
+        self.committed = committed
+        self.sought_to_beginning: list[Any] = []
+
+    async def seek_to_committed(self) -> dict[Any, int | None]:
+        return self.committed
+
+    async def seek_to_beginning(self, *partitions: Any) -> bool:
+        self.sought_to_beginning.extend(partitions)
+        return True
+
+
+def test_stream_partitions_without_a_commit_are_sought_to_their_beginning() -> None:
+    from aiokafka import TopicPartition
+
+    never, zero, five = (TopicPartition("events", p) for p in range(3))
+    changelog = TopicPartition("state-changelog", 0)
+    consumer = RecordingConsumer({never: None, zero: 0, five: 5, changelog: None})
+    app = SimpleNamespace(topics=SimpleNamespace(acking_topics={"events"}))
+
+    committed = asyncio.run(faust_fixes.seek_streams_to_committed(consumer, app))
+
+    # aiokafka seeks only offsets above 0 itself; the fix adds the others, and
+    # leaves the changelog (Faust positions those from its own offsets).
+    assert sorted(consumer.sought_to_beginning) == [never, zero]
+    assert committed == {never: None, zero: 0, five: 5, changelog: None}
+
+
+def test_the_faust_consumer_thread_uses_the_rewinding_seek() -> None:
+    from aiokafka import TopicPartition
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    faust_fixes.install()
+    partition = TopicPartition("events", 0)
+    consumer = RecordingConsumer({partition: None})
+    calls: list[Any] = []
+
+    async def call_thread(function: Any, *args: Any) -> Any:
+        calls.append(function)
+        return await function(*args)
+
+    thread = SimpleNamespace(
+        _ensure_consumer=lambda: consumer,
+        call_thread=call_thread,
+        app=SimpleNamespace(topics=SimpleNamespace(acking_topics={"events"})),
+    )
+    asyncio.run(AIOKafkaConsumerThread.seek_to_committed(thread))  # type: ignore[arg-type]
+    assert calls == [faust_fixes.seek_streams_to_committed]
+    assert consumer.sought_to_beginning == [partition]
