@@ -54,6 +54,15 @@ class Lookups:
         if known is None or settings.at_ms >= known.at_ms:
             self.settings[settings.tenant_id] = settings
 
+    # A tombstone deletes the key from the compacted topic: forgetting it here keeps
+    # a long-running worker in agreement with one started after compaction, which
+    # never sees the deleted entry at all.
+    def forget_directory(self, key: MailboxKey) -> None:
+        self.directory.pop(key, None)
+
+    def forget_settings(self, tenant_id: str) -> None:
+        self.settings.pop(tenant_id, None)
+
 
 class LookupReader:
     """Follows the directory and settings topics into a `Lookups`."""
@@ -137,20 +146,14 @@ class LookupReader:
     def _apply(self, message: Any) -> None:
         if message.error() is not None:
             return  # transient broker errors; librdkafka retries by itself
-        value = message.value()
-        if value is None:
-            return  # a tombstone: the entry stays as last known (deletion is not a policy input)
         try:
-            if message.topic() == self._directory_topic:
-                entry = records.directory_entry_from_record(
-                    self._codec.decode_as("DirectoryEntry", value)
-                )
-                self.lookups.put_directory(entry)
-            else:
-                settings = records.tenant_settings_from_record(
-                    self._codec.decode_as("TenantSettings", value)
-                )
-                self.lookups.put_settings(settings)
+            apply_record(
+                self.lookups,
+                self._codec,
+                message.topic() == self._directory_topic,
+                message.key(),
+                message.value(),
+            )
         except DecodeError as error:
             # Not dead-lettered: these topics are owned by the directory service,
             # and one bad entry must not stop the others from loading.
@@ -162,3 +165,31 @@ class LookupReader:
                 message.offset(),
                 error,
             )
+
+
+def apply_record(
+    lookups: Lookups, codec: Codec, directory: bool, key: bytes | None, value: bytes | None
+) -> None:
+    """One record of the directory (`directory`) or settings topic into `lookups`.
+
+    A record without a value (a tombstone) deletes its key: the directory service
+    removed the mailbox, or the tenant's settings, which then fall back to the
+    default. Raises DecodeError for bytes that are not the topic's records.
+    """
+    if value is None:
+        if key is None:
+            return  # a keyless tombstone deletes nothing
+        if directory:
+            lookups.forget_directory(
+                records.mailbox_key_from_record(codec.decode_as("MailboxKey", key))
+            )
+        else:
+            lookups.forget_settings(str(codec.decode_as("TenantKey", key)["tenant_id"]))
+    elif directory:
+        lookups.put_directory(
+            records.directory_entry_from_record(codec.decode_as("DirectoryEntry", value))
+        )
+    else:
+        lookups.put_settings(
+            records.tenant_settings_from_record(codec.decode_as("TenantSettings", value))
+        )
