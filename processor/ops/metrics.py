@@ -96,6 +96,7 @@ class Metrics:
             "sendguard_verdicts_total",
             "sendguard_qualifying_verdicts_total",
             "sendguard_verdicts_ignored_total",
+            "sendguard_events_replayed_total",
             "sendguard_dead_letters_total",
             "sendguard_blocks_total",
             "sendguard_unblocks_total",
@@ -127,6 +128,12 @@ class Metrics:
             "sendguard_verdicts_ignored_total",
             "Qualifying verdicts that did not count, by reason.",
             ["reason"],
+            registry=registry,
+        )
+        self._replayed = Counter(
+            "sendguard_events_replayed_total",
+            "Internal events read again after a crash or rebalance and skipped, "
+            "because the stored state already includes them.",
             registry=registry,
         )
         self._dead_letters = Counter(
@@ -224,6 +231,10 @@ class Metrics:
     def ignored(self, reason: str) -> None:
         """Count one qualifying verdict the policy ignored: late, duplicate, ..."""
         self._ignored.labels(_check(reason, IGNORED_REASONS, "ignored reason")).inc()
+
+    def replayed(self) -> None:
+        """Count one internal event skipped because the stored state includes it."""
+        self._replayed.inc()
 
     def dead_letter(self, reason: str, count: int = 1) -> None:
         """Count records sent to the dead-letter topic under their reason code."""

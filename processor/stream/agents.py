@@ -3,7 +3,8 @@
 Order, for crash safety: decisions are sent and delivered before the new state is
 written. A crash in between replays the event against the old state, which yields
 the same decisions with the same deterministic ids (consumers drop repeats), so a
-block is never lost and never doubled under a new id.
+block is never lost and never doubled under a new id. Events the stored state
+already includes (it records the offset that wrote it) are skipped on replay.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from typing import Any
 import faust
 
 from processor.stream.events import EventFormatError, decode_event, decode_key
-from processor.stream.handling import handle
 from processor.stream.runtime import Runtime, wall_ms
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,9 @@ def define_lockout_agent(app: faust.App, rt: Runtime) -> Any:
                 )
                 continue
             now = wall_ms()
-            step = handle(rt.policy, rt.load(event.key), item, now, rt.lookups)
+            step = rt.step(event.key, message.partition, message.offset, item, now)
+            if step is None:  # already in the stored state: a replay
+                continue
             await rt.send(step.decisions)
             rt.store(event.key, message.partition, message.offset, step)
             rt.count(step, now)

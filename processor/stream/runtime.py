@@ -18,8 +18,9 @@ from aiokafka.partitioner import murmur2
 from processor.ops.metrics import Metrics
 from processor.policy import Decision, Outcome, PolicyConfig
 from processor.stream.edge import EdgeCounts
+from processor.stream.events import MailboxEvent
 from processor.stream.expiry import ExpiryIndex
-from processor.stream.handling import DELETE, STORE, Step
+from processor.stream.handling import DELETE, STORE, Step, handle
 from processor.stream.lookups import Lookups
 from processor.stream.outputs import Outputs
 from processor.stream.topics import TopicNames
@@ -81,14 +82,36 @@ class Runtime:
         stored = self.table.get(key)
         return None if stored is None else stored["state"]
 
+    def step(
+        self, key: bytes, partition: int, offset: int, event: MailboxEvent, now_ms: int
+    ) -> Step | None:
+        """The policy step for the internal event at `offset`, or None when the stored
+        state already includes that event (a replay after a crash or a rebalance).
+
+        A mailbox's events are handled one by one in offset order, and a state is
+        stored only after its decisions were delivered, so a state written by the
+        event at offset N includes every event of that mailbox up to N, with their
+        decisions sent. Applying one of them again would use a later clock against a
+        later state: a verdict ignored while a block was in force could count once
+        the block's expiry is in the state. Skipping it keeps replays exact.
+        """
+        stored = self.table.get(key)
+        if stored is not None and offset <= stored.get("offset", -1):
+            self.metrics.replayed()
+            self.processed[partition] = offset
+            return None
+        record = None if stored is None else stored["state"]
+        return handle(self.policy, record, event, now_ms, self.lookups)
+
     def store(self, key: bytes, partition: int, offset: int, step: Step) -> None:
         """Write the step's state to the table (after `send`) and keep the index in step.
 
-        The value carries its own key bytes: keys read back from the store by
-        iteration come out re-serialised, and the index needs the exact bytes.
+        The value carries its own key bytes (keys read back from the store by
+        iteration come out re-serialised, and the index needs the exact bytes) and
+        the offset of the event that wrote it (see `step`).
         """
         if step.action == STORE:
-            self.table[key] = {"key": key.decode(), "state": step.record}
+            self.table[key] = {"key": key.decode(), "state": step.record, "offset": offset}
             self.index.update(partition, key, step.record)
         elif step.action == DELETE:
             del self.table[key]

@@ -152,6 +152,60 @@ def test_a_sweep_deletes_only_state_that_may_be_forgotten() -> None:
     assert kept.record is not None and kept.record["offenses"] == 1
 
 
+# ------------------------------------------------------------- replays ---
+
+
+def test_a_replayed_event_the_stored_state_includes_is_skipped() -> None:
+    # 10:00-10:04  five spam verdicts -> BLOCK until 11:04          (offsets 0-4)
+    # 11:03        a verdict stamped 11:05 (scanner clock ahead,
+    #              within the 5-minute allowance): ignored, blocked   (offset 5)
+    # 11:04        expiry tick -> UNBLOCK, state stored              (offset 6)
+    # crash before the offsets were committed: 5 and 6 are read again at 11:10.
+    # Applied again, the 11:05 verdict would now count (the block is over in the
+    # stored state): a different state than the run without the crash.
+    from prometheus_client import CollectorRegistry
+
+    from processor.ops.metrics import Metrics
+    from processor.stream.lookups import Lookups
+    from processor.stream.runtime import Runtime
+
+    metrics = Metrics(CollectorRegistry())
+    rt = Runtime(
+        app=None,
+        table={},
+        policy=PolicyConfig(),
+        names=TopicNames(),
+        partitions=4,
+        outputs=None,
+        lookups=Lookups(),
+        metrics=metrics,
+    )
+    key = encode_key(ALICE)
+    events = [(verdict(f"m{i}", f"10:0{i}"), t(f"10:0{i}")) for i in range(5)]
+    events += [
+        (verdict("skewed", "11:05"), t("11:03")),
+        (ExpiryTick(ALICE, t("11:04")), t("11:04")),
+    ]
+    kinds = []
+    for offset, (event, now) in enumerate(events):
+        step = rt.step(key, 0, offset, event, now)
+        assert step is not None
+        kinds += [type(d).__name__ for d in step.decisions]
+        rt.store(key, 0, offset, step)
+    assert kinds.count("Block") == 1 and kinds.count("Unblock") == 1
+    after_first_run = dict(rt.table[key])
+
+    for offset in (5, 6):
+        event, _ = events[offset]
+        assert rt.step(key, 0, offset, event, t("11:10")) is None
+    assert rt.table[key] == after_first_run
+    assert after_first_run["state"]["window"] == []
+    replayed = metrics.registry.get_sample_value("sendguard_events_replayed_total")
+    assert replayed == 2
+    # The next new event is handled as usual.
+    assert rt.step(key, 0, 7, verdict("next", "11:11"), t("11:11")) is not None
+
+
 # -------------------------------------------------------------- expiry ---
 
 
