@@ -97,10 +97,12 @@ class LookupReader:
     def catch_up(self, timeout_s: float = 60.0) -> None:
         """Assign every partition from the start and read to the current end.
 
-        Raises TimeoutError if the end is not reached in time (broker down).
+        Raises TimeoutError if the end is not reached in time (broker down), and
+        RuntimeError if a topic is missing or its end cannot be read.
         """
         from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
+        deadline = time.monotonic() + timeout_s
         metadata = self._consumer.list_topics(timeout=timeout_s)
         assignment, ends = [], {}
         for topic in (self._directory_topic, self._settings_topic):
@@ -110,11 +112,10 @@ class LookupReader:
             for partition in found.partitions:
                 tp = TopicPartition(topic, partition, OFFSET_BEGINNING)
                 assignment.append(tp)
-                low, high = self._consumer.get_watermark_offsets(tp, timeout=timeout_s)
+                low, high = watermarks(self._consumer, tp, deadline)
                 if high > low:
                     ends[(topic, partition)] = high
         self._consumer.assign(assignment)
-        deadline = time.monotonic() + timeout_s
         while ends:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"directory/settings not read to the end in {timeout_s}s")
@@ -165,6 +166,30 @@ class LookupReader:
                 message.offset(),
                 error,
             )
+
+
+def watermarks(consumer: Any, tp: Any, deadline: float) -> tuple[int, int]:
+    """(low, high) of a partition, asked again while its leader is still moving
+    (a worker started right after `topics apply` can ask before the broker knows
+    it leads the new partition). RuntimeError once the deadline has passed or for
+    any other error."""
+    from confluent_kafka import KafkaError, KafkaException
+
+    transient = {
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+    }
+    while True:
+        remaining = max(0.1, deadline - time.monotonic())
+        try:
+            low, high = consumer.get_watermark_offsets(tp, timeout=remaining)
+            return int(low), int(high)
+        except KafkaException as error:
+            if error.args[0].code() not in transient or time.monotonic() > deadline:
+                where = f"{tp.topic}[{tp.partition}]"
+                raise RuntimeError(f"cannot read the end of {where}: {error}") from error
+            time.sleep(0.2)
 
 
 def apply_record(

@@ -167,7 +167,7 @@ def _await_visible(admin: Any, bootstrap: str, names: list[str]) -> None:
     pending = set(names)
     while pending:
         topics = _metadata(admin, bootstrap).topics
-        pending = {n for n in pending if n not in topics or not _ready(topics[n])}
+        pending = {n for n in pending if n not in topics or not _led(topics[n])}
         if pending and time.monotonic() > deadline:
             raise TopicAdminError(f"created but not visible yet: {', '.join(sorted(pending))}")
         if pending:
@@ -176,6 +176,12 @@ def _await_visible(admin: Any, bootstrap: str, names: list[str]) -> None:
 
 def _ready(topic_metadata: Any) -> bool:
     return topic_metadata.error is None and bool(topic_metadata.partitions)
+
+
+def _led(topic_metadata: Any) -> bool:
+    """Listed, and every partition has a leader: a new topic clients can use."""
+    partitions = topic_metadata.partitions.values()
+    return _ready(topic_metadata) and all(p.error is None and p.leader >= 0 for p in partitions)
 
 
 def _describe(admin: Any, bootstrap: str, name: str) -> tuple[int, int, dict[str, str | None]]:

@@ -61,3 +61,38 @@ def test_bytes_that_are_not_the_topics_records_raise_decode_error() -> None:
         apply_record(Lookups(), CODEC, True, b"not avro", None)
     with pytest.raises(DecodeError):
         apply_record(Lookups(), CODEC, False, None, b"not avro")
+
+
+class LeaderMoving:
+    """A consumer whose first answers say the broker does not lead the partition yet."""
+
+    def __init__(self, failures: int, code: int) -> None:
+        self.failures, self.code, self.calls = failures, code, 0
+
+    def get_watermark_offsets(self, tp: object, timeout: float) -> tuple[int, int]:
+        from confluent_kafka import KafkaError, KafkaException
+
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise KafkaException(KafkaError(self.code))
+        return 0, 7
+
+
+def test_watermarks_are_asked_again_while_a_new_partitions_leader_moves() -> None:
+    import time
+
+    from confluent_kafka import KafkaError, TopicPartition
+
+    from processor.stream.lookups import watermarks
+
+    consumer = LeaderMoving(2, KafkaError.NOT_LEADER_FOR_PARTITION)
+    tp = TopicPartition("directory.mailboxes", 0)
+    assert watermarks(consumer, tp, time.monotonic() + 10) == (0, 7)
+    assert consumer.calls == 3
+
+    other = LeaderMoving(1, KafkaError.TOPIC_AUTHORIZATION_FAILED)
+    with pytest.raises(RuntimeError, match=r"directory.mailboxes\[0\]"):
+        watermarks(other, tp, time.monotonic() + 10)
+    late = LeaderMoving(99, KafkaError.LEADER_NOT_AVAILABLE)
+    with pytest.raises(RuntimeError):
+        watermarks(late, tp, time.monotonic() + 0.5)
