@@ -1,7 +1,8 @@
-"""Work-arounds for two faust-streaming bugs that break at-least-once delivery.
+"""Work-arounds for faust-streaming bugs that break at-least-once delivery.
 
-Both were found by the crash tests (tests/integration/test_worker_crashes.py), and
-both lose state changes silently; each has a regression test in
+The first two were found by the crash tests (tests/integration/
+test_worker_crashes.py), the third by reading the code behind the second; all
+lose events or state changes silently, and each has a regression test in
 tests/unit/test_faust_fixes.py that fails without it.
 
 1. **Flush gives up.** Faust writes table changes to the changelog through a buffer
@@ -23,6 +24,15 @@ tests/unit/test_faust_fixes.py that fails without it.
    never reached the agent; faust-streaming issue #216 describes the same skip).
    Here such partitions of the agents' topics are sought to their beginning, which
    is what "no committed offset" means under `auto_offset_reset="earliest"`.
+
+3. **Acks of a past generation count.** A message fetched before a rebalance and
+   reaching the stream after it is skipped — and acknowledged, so its offset joins
+   the offsets to commit. If it directly follows the committed offset, a commit
+   made after the rebalance moves past it before the partition, sought back to
+   the committed offset, has read it again; a crash then loses it. Here the
+   acknowledgement of a message from an earlier consumer generation only marks it
+   done (nothing waits for it) and does not count towards a commit: it is read
+   again in the current generation.
 """
 
 from __future__ import annotations
@@ -35,9 +45,10 @@ _MARK = "_sendguard_fixed"
 
 
 def install() -> None:
-    """Apply both work-arounds (idempotent)."""
+    """Apply the work-arounds (idempotent)."""
     _drain_fully_on_flush()
     _rewind_uncommitted_partitions()
+    _ignore_acks_of_past_generations()
 
 
 def _drain_fully_on_flush() -> None:
@@ -90,3 +101,35 @@ async def seek_streams_to_committed(consumer: Any, app: Any) -> Mapping[Any, int
     if never_committed:
         await consumer.seek_to_beginning(*never_committed)
     return committed
+
+
+def _ignore_acks_of_past_generations() -> None:
+    from faust.transport.consumer import Consumer
+
+    if getattr(Consumer.ack, _MARK, False):
+        return
+    count_ack = Consumer.ack
+
+    def ack(self: Any, message: Any) -> bool:
+        if not is_from_past_generation(message, self.app.consumer_generation_id):
+            return bool(count_ack(self, message))
+        forget_stale_ack(self, message)
+        return False
+
+    setattr(ack, _MARK, True)
+    Consumer.ack = ack  # type: ignore[method-assign]
+
+
+def is_from_past_generation(message: Any, generation_id: int) -> bool:
+    return message.generation_id is not None and message.generation_id != generation_id
+
+
+def forget_stale_ack(consumer: Any, message: Any) -> None:
+    """Mark `message` acknowledged without adding its offset to those to commit."""
+    from faust.types.tuples import ack_lock
+    from mode.utils.futures import notify
+
+    with ack_lock:
+        message.acked = True
+        consumer._unacked_messages.discard(message)
+        notify(consumer._waiting_for_ack)

@@ -104,3 +104,44 @@ def test_the_faust_consumer_thread_uses_the_rewinding_seek() -> None:
     asyncio.run(AIOKafkaConsumerThread.seek_to_committed(thread))  # type: ignore[arg-type]
     assert calls == [faust_fixes.seek_streams_to_committed]
     assert consumer.sought_to_beginning == [partition]
+
+
+# -- 3. an ack of a message from an earlier consumer generation commits nothing
+
+
+class FetchedMessage:
+    """The fields of a Faust ConsumerMessage that acknowledging it reads."""
+
+    def __init__(self, offset: int, generation_id: int) -> None:
+        from faust.types import TP
+
+        self.tp, self.topic = TP("events", 0), "events"
+        self.offset, self.generation_id, self.acked = offset, generation_id, False
+
+
+def test_an_ack_from_a_past_generation_marks_the_message_done_but_commits_nothing() -> None:
+    from collections import defaultdict
+
+    from faust.transport.consumer import Consumer
+
+    faust_fixes.install()
+    consumer = SimpleNamespace(
+        app=SimpleNamespace(
+            consumer_generation_id=3,
+            topics=SimpleNamespace(acks_enabled_for=lambda topic: True),
+        ),
+        _committed_offset=defaultdict(lambda: None),
+        _acked=defaultdict(list),
+        _acked_index=defaultdict(set),
+        _unacked_messages=set(),
+        _n_acked=0,
+        _waiting_for_ack=None,
+    )
+    stale, current = FetchedMessage(5, generation_id=2), FetchedMessage(6, generation_id=3)
+    consumer._unacked_messages.update({stale, current})
+
+    assert Consumer.ack(consumer, stale) is False  # type: ignore[arg-type]
+    assert stale.acked and stale not in consumer._unacked_messages
+    assert Consumer.ack(consumer, current) is True  # type: ignore[arg-type]
+    # Only the current generation's offset may move the committed offset.
+    assert consumer._acked[current.tp] == [6]
