@@ -42,7 +42,6 @@ import argparse
 import contextlib
 import os
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -76,6 +75,7 @@ from benchmarks.workload import (
 )
 from processor.codec import records
 from processor.codec.wire import Codec, CodecConfig
+from processor.local.process_group import stop_process_group
 from processor.policy import (
     Block,
     Direction,
@@ -311,13 +311,7 @@ class Worker:
         return int(total)
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(10)
+        stop_process_group(self.process)
 
 
 # -- reading topics -----------------------------------------------------------------------

@@ -16,11 +16,9 @@ numbers scraped from the worker's /metrics.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -316,15 +314,9 @@ class Worker:
             return "(no log)"
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(10)
+        from processor.local.process_group import stop_process_group
+
+        stop_process_group(self.process)
 
 
 def release_via_api(url: str, token: str, release: SupportRelease) -> tuple[int, dict[str, Any]]:

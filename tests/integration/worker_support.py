@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from processor.codec.wire import Codec
+from processor.local.process_group import stop_process_group
 from processor.policy import (
     Decision,
     Engine,
@@ -217,14 +218,8 @@ class WorkerProcess:
         return self.process is not None and self.process.poll() is None
 
     def stop(self) -> None:
-        if self.alive():
-            assert self.process is not None
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(10)
+        if self.process is not None:
+            stop_process_group(self.process)
 
 
 # -- expectations --------------------------------------------------------------------
