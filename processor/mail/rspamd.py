@@ -238,9 +238,7 @@ def verdict_kind(payload: Mapping[str, Any], rules: MappingRules) -> VerdictKind
     return VerdictKind.SPAM if spam else VerdictKind.CLEAN
 
 
-def message_id_of(
-    payload: Mapping[str, Any], sender: str | None, recipients: Sequence[str]
-) -> str:
+def message_id_of(payload: Mapping[str, Any], sender: str | None, recipients: Sequence[str]) -> str:
     """sendguard's id of the message: the same for every scan of the same message."""
     raw = payload.get("message_id")
     message_id = raw if type(raw) is str and raw.strip() and raw != NO_MESSAGE_ID else None
