@@ -167,7 +167,8 @@ def run_worker(
     from processor.ops.recent import RecentEvents
     from processor.stream.agents import define_lockout_agent
     from processor.stream.app import create_app
-    from processor.stream.edge import EdgeConfig, EdgeSupervisor
+    from processor.stream.edge import EdgeConfig
+    from processor.stream.edge_process import EdgeSupervisor
     from processor.stream.lookups import LookupReader, Lookups
     from processor.stream.outputs import Outputs
     from processor.stream.runtime import Runtime
