@@ -86,7 +86,7 @@ from processor.policy import (
     Verdict,
     VerdictKind,
 )
-from processor.stream.topics import STATE_TABLE, TopicNames
+from processor.stream.topics import TopicNames
 
 TARGET_VERDICTS_PER_S = 50_000
 TARGET_P99_S = 1.0
@@ -442,7 +442,7 @@ def run_throughput(
     load_after = load_average()
     assert edge_done is not None
     first = min(record_times(bootstrap, names.mailbox_events, first=True))
-    changelog = f"{names.app_id}-{STATE_TABLE}-changelog"
+    changelog = names.state_changelog
     last = max(
         record_times(bootstrap, names.mailbox_events, first=False)
         + record_times(bootstrap, changelog, first=False)

@@ -52,7 +52,7 @@ def main() -> None:
     )
     print(f"produced {args.count} verdicts in {time.monotonic() - started:.1f}s")
 
-    stage = EdgeStage(
+    stage = EdgeStage.connect(
         EdgeConfig(
             client_config=client,
             group_id=names.edge_group,

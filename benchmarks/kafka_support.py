@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
+from processor.stream.connection import KafkaConnection
 from processor.stream.topic_admin import apply_topics
 from processor.stream.topics import TopicNames, ensure_internal_topic
 from processor.topics import load_topics
@@ -30,7 +31,7 @@ def create_topics(
 ) -> None:
     """The contract topics of `topics.yaml` under the prefix; the internal topic too if asked."""
     specs = [dataclasses.replace(s, name=names.external(s.name)) for s in load_topics()]
-    apply_topics(bootstrap, specs)
+    apply_topics(KafkaConnection(bootstrap), specs)
     if internal_partitions is not None:
         ensure_internal_topic(
             {"bootstrap.servers": bootstrap}, names.mailbox_events, internal_partitions, 1

@@ -20,7 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "worker": ("processor.stream.commands:worker", "Run the live Faust worker."),
     "produce": ("processor.tools.produce:produce", "Publish a scenario file to Kafka."),
     "tail": ("processor.tools.tail:tail", "Print a topic's records as JSON lines."),
-    "demo": ("processor.demo:demo", "Show sendguard working on the local broker."),
+    "demo": ("processor.demo.run:demo", "Show sendguard working on the local broker."),
     "status": ("processor.ops.client:status", "Show a mailbox's state (worker API)."),
     "release": ("processor.ops.client:release", "Release a permanently blocked mailbox."),
     "ingest": ("processor.mail.ingest_command:ingest", "Turn rspamd scan results into verdicts."),

@@ -13,7 +13,16 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from processor.policy.decisions import Alert, Block, Decision, Evidence, ScanRequest, Unblock
+from processor.policy.decisions import (
+    Alert,
+    Block,
+    Decision,
+    Evidence,
+    Report,
+    ScanRequest,
+    Unblock,
+    visit,
+)
 from processor.policy.events import (
     Direction,
     DirectoryEntry,
@@ -159,74 +168,89 @@ def _enum(raw: Mapping[str, Any], name: str, enum: type[E]) -> E:
         raise ScenarioError(f"{name}: {value!r} is not one of {allowed}") from None
 
 
+class _SimulateLines:
+    """Decisions as `simulate` prints them (a `DecisionVisitor`; POLICY.md, "Output")."""
+
+    def __init__(self, explain: bool) -> None:
+        self.explain = explain
+
+    @staticmethod
+    def _head(kind: str, decision: Decision) -> dict[str, Any]:
+        key = decision.key
+        return {"type": kind, "tenant_id": key.tenant_id, "mailbox": key.mailbox}
+
+    def block(self, d: Block) -> dict[str, Any]:
+        line = {
+            **self._head("block", d),
+            "at": format_timestamp(d.at_ms),
+            "offense": d.offense,
+            "permanent": d.permanent,
+            "until": _time_or_none(d.until_ms),
+            "command_id": d.command_id,
+        }
+        if self.explain:
+            line["evidence"] = _evidence(d.evidence)
+        return line
+
+    def unblock(self, d: Unblock) -> dict[str, Any]:
+        line = {
+            **self._head("unblock", d),
+            "at": format_timestamp(d.at_ms),
+            "offense": d.offense,
+            "reason": d.reason,
+            "command_id": d.command_id,
+        }
+        if d.actor is not None:
+            line["actor"] = d.actor
+        return line
+
+    def scan_request(self, d: ScanRequest) -> dict[str, Any]:
+        return {
+            **self._head("scan_request", d),
+            "owner_id": d.owner_id,
+            "device_id": d.device_id,
+            "at": format_timestamp(d.at_ms),
+            "request_id": d.request_id,
+        }
+
+    def alert(self, d: Alert) -> dict[str, Any]:
+        return {
+            **self._head("alert", d),
+            "at": format_timestamp(d.at_ms),
+            "kind": d.kind,
+            "offense": d.offense,
+            "permanent": d.permanent,
+            "until": _time_or_none(d.until_ms),
+            "owner_id": d.owner_id,
+            "devices": list(d.devices),
+            "scans_requested": d.scans_requested,
+            "message_ids": list(d.message_ids),
+            "evidence": _evidence(d.evidence),
+            "alert_id": d.alert_id,
+        }
+
+    def report(self, d: Report) -> dict[str, Any]:
+        line = {
+            **self._head("report", d),
+            "at": format_timestamp(d.at_ms),
+            "event": d.event,
+            "offense": d.offense,
+            "until": _time_or_none(d.until_ms),
+            "report_id": d.report_id,
+        }
+        if d.actor is not None:
+            line["actor"] = d.actor
+        if d.reason is not None:
+            line["reason"] = d.reason
+        return line
+
+
+_LINES, _EXPLAINED_LINES = _SimulateLines(explain=False), _SimulateLines(explain=True)
+
+
 def decision_line(decision: Decision, explain: bool = False) -> dict[str, Any]:
     """A decision as one line of `simulate` output (POLICY.md, "Output")."""
-    key = decision.key
-    head: dict[str, Any] = {"tenant_id": key.tenant_id, "mailbox": key.mailbox}
-    if isinstance(decision, Block):
-        line = {
-            "type": "block",
-            **head,
-            "at": format_timestamp(decision.at_ms),
-            "offense": decision.offense,
-            "permanent": decision.permanent,
-            "until": _time_or_none(decision.until_ms),
-            "command_id": decision.command_id,
-        }
-        if explain:
-            line["evidence"] = _evidence(decision.evidence)
-        return line
-    if isinstance(decision, Unblock):
-        line = {
-            "type": "unblock",
-            **head,
-            "at": format_timestamp(decision.at_ms),
-            "offense": decision.offense,
-            "reason": decision.reason,
-            "command_id": decision.command_id,
-        }
-        if decision.actor is not None:
-            line["actor"] = decision.actor
-        return line
-    if isinstance(decision, ScanRequest):
-        return {
-            "type": "scan_request",
-            **head,
-            "owner_id": decision.owner_id,
-            "device_id": decision.device_id,
-            "at": format_timestamp(decision.at_ms),
-            "request_id": decision.request_id,
-        }
-    if isinstance(decision, Alert):
-        return {
-            "type": "alert",
-            **head,
-            "at": format_timestamp(decision.at_ms),
-            "kind": decision.kind,
-            "offense": decision.offense,
-            "permanent": decision.permanent,
-            "until": _time_or_none(decision.until_ms),
-            "owner_id": decision.owner_id,
-            "devices": list(decision.devices),
-            "scans_requested": decision.scans_requested,
-            "message_ids": list(decision.message_ids),
-            "evidence": _evidence(decision.evidence),
-            "alert_id": decision.alert_id,
-        }
-    line = {
-        "type": "report",
-        **head,
-        "at": format_timestamp(decision.at_ms),
-        "event": decision.event,
-        "offense": decision.offense,
-        "until": _time_or_none(decision.until_ms),
-        "report_id": decision.report_id,
-    }
-    if decision.actor is not None:
-        line["actor"] = decision.actor
-    if decision.reason is not None:
-        line["reason"] = decision.reason
-    return line
+    return visit(decision, _EXPLAINED_LINES if explain else _LINES)
 
 
 def _time_or_none(ms: int | None) -> str | None:

@@ -20,7 +20,15 @@ from typing import Any, NoReturn
 
 from processor import topics
 from processor.codec.errors import DecodeError
-from processor.policy.decisions import Alert, Block, Decision, Report, ScanRequest, Unblock
+from processor.policy.decisions import (
+    Alert,
+    Block,
+    Decision,
+    Report,
+    ScanRequest,
+    Unblock,
+    visit,
+)
 from processor.policy.events import (
     Direction,
     DirectoryEntry,
@@ -205,80 +213,92 @@ def _evidence(evidence: tuple[Any, ...]) -> list[Record]:
     return [{"message_id": e.message_id, "scanned_at": e.scanned_at_ms} for e in evidence]
 
 
+class _DecisionRecords:
+    """Decisions as the Avro records of their topics (a `DecisionVisitor`)."""
+
+    def block(self, d: Block) -> tuple[str, Record]:
+        return "MailboxCommand", {
+            "command_id": d.command_id,
+            "action": "BLOCK",
+            "tenant_id": d.key.tenant_id,
+            "mailbox": d.key.mailbox,
+            "at": d.at_ms,
+            "offense": d.offense,
+            "permanent": d.permanent,
+            "until": d.until_ms,
+            "reason": None,
+            "actor": None,
+            "note": None,
+            "block_sequence": d.sequence,
+        }
+
+    def unblock(self, d: Unblock) -> tuple[str, Record]:
+        return "MailboxCommand", {
+            "command_id": d.command_id,
+            "action": "UNBLOCK",
+            "tenant_id": d.key.tenant_id,
+            "mailbox": d.key.mailbox,
+            "at": d.at_ms,
+            "offense": d.offense,
+            "permanent": False,
+            "until": None,
+            "reason": d.reason,
+            "actor": d.actor,
+            "note": d.note,
+            "block_sequence": d.sequence,
+        }
+
+    def scan_request(self, d: ScanRequest) -> tuple[str, Record]:
+        return "ScanRequest", {
+            "request_id": d.request_id,
+            "tenant_id": d.key.tenant_id,
+            "mailbox": d.key.mailbox,
+            "owner_id": d.owner_id,
+            "device_id": d.device_id,
+            "at": d.at_ms,
+            "block_sequence": d.sequence,
+            "reason": f"{d.key.mailbox} was blocked for sending spam or viruses; "
+            "scan this device for malware.",
+        }
+
+    def alert(self, d: Alert) -> tuple[str, Record]:
+        return "Alert", {
+            "alert_id": d.alert_id,
+            "tenant_id": d.key.tenant_id,
+            "mailbox": d.key.mailbox,
+            "at": d.at_ms,
+            "kind": d.kind,
+            "offense": d.offense,
+            "permanent": d.permanent,
+            "until": d.until_ms,
+            "owner_id": d.owner_id,
+            "devices": list(d.devices),
+            "scans_requested": d.scans_requested,
+            "evidence": _evidence(d.evidence),
+        }
+
+    def report(self, d: Report) -> tuple[str, Record]:
+        return "Report", {
+            "report_id": d.report_id,
+            "tenant_id": d.key.tenant_id,
+            "mailbox": d.key.mailbox,
+            "at": d.at_ms,
+            "event": d.event,
+            "offense": d.offense,
+            "until": d.until_ms,
+            "actor": d.actor,
+            "reason": d.reason,
+        }
+
+
+_DECISION_RECORDS = _DecisionRecords()
+
+
 def record_of(
     obj: Decision | Verdict | DirectoryEntry | TenantSettings | Release,
 ) -> tuple[str, Record]:
     """(record name, value record) of a decision, or of an input event for producers."""
     match obj:
-        case Block():
-            return "MailboxCommand", {
-                "command_id": obj.command_id,
-                "action": "BLOCK",
-                "tenant_id": obj.key.tenant_id,
-                "mailbox": obj.key.mailbox,
-                "at": obj.at_ms,
-                "offense": obj.offense,
-                "permanent": obj.permanent,
-                "until": obj.until_ms,
-                "reason": None,
-                "actor": None,
-                "note": None,
-                "block_sequence": obj.sequence,
-            }
-        case Unblock():
-            return "MailboxCommand", {
-                "command_id": obj.command_id,
-                "action": "UNBLOCK",
-                "tenant_id": obj.key.tenant_id,
-                "mailbox": obj.key.mailbox,
-                "at": obj.at_ms,
-                "offense": obj.offense,
-                "permanent": False,
-                "until": None,
-                "reason": obj.reason,
-                "actor": obj.actor,
-                "note": obj.note,
-                "block_sequence": obj.sequence,
-            }
-        case ScanRequest():
-            return "ScanRequest", {
-                "request_id": obj.request_id,
-                "tenant_id": obj.key.tenant_id,
-                "mailbox": obj.key.mailbox,
-                "owner_id": obj.owner_id,
-                "device_id": obj.device_id,
-                "at": obj.at_ms,
-                "block_sequence": obj.sequence,
-                "reason": f"{obj.key.mailbox} was blocked for sending spam or viruses; "
-                "scan this device for malware.",
-            }
-        case Alert():
-            return "Alert", {
-                "alert_id": obj.alert_id,
-                "tenant_id": obj.key.tenant_id,
-                "mailbox": obj.key.mailbox,
-                "at": obj.at_ms,
-                "kind": obj.kind,
-                "offense": obj.offense,
-                "permanent": obj.permanent,
-                "until": obj.until_ms,
-                "owner_id": obj.owner_id,
-                "devices": list(obj.devices),
-                "scans_requested": obj.scans_requested,
-                "evidence": _evidence(obj.evidence),
-            }
-        case Report():
-            return "Report", {
-                "report_id": obj.report_id,
-                "tenant_id": obj.key.tenant_id,
-                "mailbox": obj.key.mailbox,
-                "at": obj.at_ms,
-                "event": obj.event,
-                "offense": obj.offense,
-                "until": obj.until_ms,
-                "actor": obj.actor,
-                "reason": obj.reason,
-            }
         case Verdict():
             return "Verdict", {
                 "tenant_id": obj.key.tenant_id,
@@ -312,7 +332,7 @@ def record_of(
                 "reason": obj.reason,
                 "at": obj.at_ms,
             }
-    raise TypeError(f"no record for {type(obj).__name__}")
+    return visit(obj, _DECISION_RECORDS)
 
 
 def key_of(

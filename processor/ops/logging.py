@@ -18,10 +18,18 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Iterable
-from datetime import UTC, datetime
 from typing import IO, Any
 
-from processor.policy.decisions import Block, Decision, Report, Unblock
+from processor.ops.status import iso
+from processor.policy.decisions import (
+    Alert,
+    Block,
+    Decision,
+    Report,
+    ScanRequest,
+    Unblock,
+    visit,
+)
 
 #: The logger of the one-line-per-block/unblock audit lines.
 DECISIONS_LOGGER = "sendguard.decisions"
@@ -70,10 +78,87 @@ def configure_logging(
     return handler
 
 
-def _iso(ms: int | None) -> str | None:
-    if ms is None:
-        return None
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
+class _DecisionLog:
+    """One INFO line per BLOCK, UNBLOCK and refused release; DEBUG for the rest
+    (a `DecisionVisitor`)."""
+
+    def block(self, d: Block) -> None:
+        until = "permanent" if d.permanent else iso(d.until_ms)
+        fields: dict[str, Any] = {
+            "event": "block",
+            "tenant_id": d.key.tenant_id,
+            "mailbox": d.key.mailbox,
+            "offense": d.offense,
+            "permanent": d.permanent,
+            "until": iso(d.until_ms),
+            "command_id": d.command_id,
+            # Message ids (never content) of the verdicts that triggered it.
+            "message_ids": [e.message_id for e in d.evidence],
+        }
+        log.info(
+            "BLOCK %s %s offense %d until %s (command %s)",
+            d.key.tenant_id,
+            d.key.mailbox,
+            d.offense,
+            until,
+            d.command_id,
+            extra=fields,
+        )
+
+    def unblock(self, d: Unblock) -> None:
+        log.info(
+            "UNBLOCK %s %s offense %d %s (command %s)",
+            d.key.tenant_id,
+            d.key.mailbox,
+            d.offense,
+            d.reason,
+            d.command_id,
+            extra={
+                "event": "unblock",
+                "tenant_id": d.key.tenant_id,
+                "mailbox": d.key.mailbox,
+                "offense": d.offense,
+                "reason": d.reason,
+                "at": iso(d.at_ms),
+                "actor": d.actor,
+                "command_id": d.command_id,
+            },
+        )
+
+    def report(self, d: Report) -> None:
+        if d.event != "release_refused":
+            self._debug(d)
+            return
+        log.info(
+            "release of %s %s by %s refused: %s",
+            d.key.tenant_id,
+            d.key.mailbox,
+            d.actor,
+            d.reason,
+            extra={
+                "event": "release_refused",
+                "tenant_id": d.key.tenant_id,
+                "mailbox": d.key.mailbox,
+                "actor": d.actor,
+                "report_id": d.report_id,
+            },
+        )
+
+    def scan_request(self, d: ScanRequest) -> None:
+        self._debug(d)
+
+    def alert(self, d: Alert) -> None:
+        self._debug(d)
+
+    @staticmethod
+    def _debug(d: Decision) -> None:
+        if log.isEnabledFor(logging.DEBUG):
+            kind = type(d).__name__
+            extra = {"event": kind.lower()}
+            log.debug("%s %s %s", kind, d.key.tenant_id, d.key.mailbox, extra=extra)
+
+
+_DECISION_LOG = _DecisionLog()
 
 
 def log_decisions(decisions: Iterable[Decision]) -> None:
@@ -83,67 +168,4 @@ def log_decisions(decisions: Iterable[Decision]) -> None:
     everything else (scans, alerts, the block's own reports) is DEBUG.
     """
     for decision in decisions:
-        if isinstance(decision, Block):
-            until = "permanent" if decision.permanent else _iso(decision.until_ms)
-            fields: dict[str, Any] = {
-                "event": "block",
-                "tenant_id": decision.key.tenant_id,
-                "mailbox": decision.key.mailbox,
-                "offense": decision.offense,
-                "permanent": decision.permanent,
-                "until": _iso(decision.until_ms),
-                "command_id": decision.command_id,
-                # Message ids (never content) of the verdicts that triggered it.
-                "message_ids": [e.message_id for e in decision.evidence],
-            }
-            log.info(
-                "BLOCK %s %s offense %d until %s (command %s)",
-                decision.key.tenant_id,
-                decision.key.mailbox,
-                decision.offense,
-                until,
-                decision.command_id,
-                extra=fields,
-            )
-        elif isinstance(decision, Unblock):
-            log.info(
-                "UNBLOCK %s %s offense %d %s (command %s)",
-                decision.key.tenant_id,
-                decision.key.mailbox,
-                decision.offense,
-                decision.reason,
-                decision.command_id,
-                extra={
-                    "event": "unblock",
-                    "tenant_id": decision.key.tenant_id,
-                    "mailbox": decision.key.mailbox,
-                    "offense": decision.offense,
-                    "reason": decision.reason,
-                    "at": _iso(decision.at_ms),
-                    "actor": decision.actor,
-                    "command_id": decision.command_id,
-                },
-            )
-        elif isinstance(decision, Report) and decision.event == "release_refused":
-            log.info(
-                "release of %s %s by %s refused: %s",
-                decision.key.tenant_id,
-                decision.key.mailbox,
-                decision.actor,
-                decision.reason,
-                extra={
-                    "event": "release_refused",
-                    "tenant_id": decision.key.tenant_id,
-                    "mailbox": decision.key.mailbox,
-                    "actor": decision.actor,
-                    "report_id": decision.report_id,
-                },
-            )
-        elif log.isEnabledFor(logging.DEBUG):
-            log.debug(
-                "%s %s %s",
-                type(decision).__name__,
-                decision.key.tenant_id,
-                decision.key.mailbox,
-                extra={"event": type(decision).__name__.lower()},
-            )
+        visit(decision, _DECISION_LOG)

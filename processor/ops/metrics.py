@@ -17,7 +17,7 @@ each distinct label value is a time series kept forever by Prometheus.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Final, assert_never, get_args
+from typing import Final, get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -32,6 +32,7 @@ from processor.policy.decisions import (
     ScanRequest,
     Unblock,
     UnblockReason,
+    visit,
 )
 from processor.policy.events import Direction, VerdictKind
 
@@ -248,30 +249,9 @@ class Metrics:
         `triggered_at_ms` is the scanned_at of the verdict that caused the step, or
         None when no verdict did (a tick, a release): then a Block records no latency.
         """
+        counter = _DecisionCounter(self, now_ms, triggered_at_ms)
         for decision in decisions:
-            match decision:
-                case Block():
-                    self._blocks.labels(
-                        str(decision.offense), _bool_label(decision.permanent)
-                    ).inc()
-                    if triggered_at_ms is not None:
-                        # A scanned_at ahead of the worker's clock (scanner skew, up
-                        # to the 5 minutes POLICY.md rule 7 tolerates) would give a
-                        # negative time; the block was still sent at once, so it
-                        # counts as 0 rather than pulling the sum below the truth.
-                        self._latency.observe(max(0, now_ms - triggered_at_ms) / 1000)
-                case Unblock():
-                    self._unblocks.labels(decision.reason).inc()
-                case ScanRequest():
-                    self._scan_requests.inc()
-                case Alert():
-                    self._alerts.labels(decision.kind).inc()
-                case Report():
-                    # The other report events mirror a Block or Unblock counted above.
-                    if decision.event == "release_refused":
-                        self._release_refusals.inc()
-                case _:
-                    assert_never(decision)
+            visit(decision, counter)
 
     def set_blocks(self, timed: int, permanent: int) -> None:
         """Set the numbers of timed and permanent blocks in force on this worker."""
@@ -293,3 +273,35 @@ class Metrics:
     def render(self) -> bytes:
         """The registry in the Prometheus text exposition format."""
         return generate_latest(self.registry)
+
+
+class _DecisionCounter:
+    """Counts one step's decisions on `metrics` (a `DecisionVisitor`)."""
+
+    def __init__(self, metrics: Metrics, now_ms: int, triggered_at_ms: int | None) -> None:
+        self.metrics = metrics
+        self.now_ms = now_ms
+        self.triggered_at_ms = triggered_at_ms
+
+    def block(self, d: Block) -> None:
+        self.metrics._blocks.labels(str(d.offense), _bool_label(d.permanent)).inc()
+        if self.triggered_at_ms is not None:
+            # A scanned_at ahead of the worker's clock (scanner skew, up to the 5
+            # minutes POLICY.md rule 7 tolerates) would give a negative time; the
+            # block was still sent at once, so it counts as 0 rather than pulling
+            # the sum below the truth.
+            self.metrics._latency.observe(max(0, self.now_ms - self.triggered_at_ms) / 1000)
+
+    def unblock(self, d: Unblock) -> None:
+        self.metrics._unblocks.labels(d.reason).inc()
+
+    def scan_request(self, d: ScanRequest) -> None:
+        self.metrics._scan_requests.inc()
+
+    def alert(self, d: Alert) -> None:
+        self.metrics._alerts.labels(d.kind).inc()
+
+    def report(self, d: Report) -> None:
+        # The other report events mirror a Block or Unblock counted above.
+        if d.event == "release_refused":
+            self.metrics._release_refusals.inc()

@@ -14,10 +14,19 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
-from processor.policy.decisions import Alert, Block, Decision, Report, ScanRequest, Unblock
+from processor.ops.status import iso
+from processor.policy.decisions import (
+    Alert,
+    Block,
+    Decision,
+    Report,
+    ScanRequest,
+    Unblock,
+    visit,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,64 +40,53 @@ class RecentEvent:
     id: str
     detail: dict[str, Any]
 
+    def as_json(self) -> dict[str, Any]:
+        """The event as the API shows it: times as ISO-8601 strings."""
+        out = asdict(self)
+        out["at"] = iso(out.pop("at_ms"))
+        detail = out["detail"]
+        if "until" in detail:
+            detail["until"] = iso(detail["until"])
+        for evidence in detail.get("evidence", ()):
+            evidence["scanned_at"] = iso(evidence["scanned_at"])
+        return out
+
+
+class _Describe:
+    """Decisions as the status page's events (a `DecisionVisitor`)."""
+
+    def block(self, d: Block) -> RecentEvent:
+        evidence = [{"message_id": e.message_id, "scanned_at": e.scanned_at_ms} for e in d.evidence]
+        detail = {"offense": d.offense, "permanent": d.permanent, "until": d.until_ms}
+        return _event("block", d, d.command_id, {**detail, "evidence": evidence})
+
+    def unblock(self, d: Unblock) -> RecentEvent:
+        detail = {"offense": d.offense, "reason": d.reason, "actor": d.actor}
+        return _event("unblock", d, d.command_id, detail)
+
+    def scan_request(self, d: ScanRequest) -> RecentEvent:
+        detail = {"owner_id": d.owner_id, "device_id": d.device_id}
+        return _event("scan_request", d, d.request_id, detail)
+
+    def alert(self, d: Alert) -> RecentEvent:
+        detail = {"kind": d.kind, "scans_requested": d.scans_requested}
+        return _event("alert", d, d.alert_id, detail)
+
+    def report(self, d: Report) -> RecentEvent:
+        detail = {"event": d.event, "actor": d.actor, "reason": d.reason}
+        return _event("report", d, d.report_id, detail)
+
+
+def _event(kind: str, decision: Decision, id_: str, detail: dict[str, Any]) -> RecentEvent:
+    key = decision.key
+    return RecentEvent(kind, key.tenant_id, key.mailbox, decision.at_ms, id_, detail)
+
+
+_DESCRIBE = _Describe()
+
 
 def describe(decision: Decision) -> RecentEvent:
-    key = decision.key
-    match decision:
-        case Block():
-            return RecentEvent(
-                "block",
-                key.tenant_id,
-                key.mailbox,
-                decision.at_ms,
-                decision.command_id,
-                {
-                    "offense": decision.offense,
-                    "permanent": decision.permanent,
-                    "until": decision.until_ms,
-                    "evidence": [
-                        {"message_id": e.message_id, "scanned_at": e.scanned_at_ms}
-                        for e in decision.evidence
-                    ],
-                },
-            )
-        case Unblock():
-            return RecentEvent(
-                "unblock",
-                key.tenant_id,
-                key.mailbox,
-                decision.at_ms,
-                decision.command_id,
-                {"offense": decision.offense, "reason": decision.reason, "actor": decision.actor},
-            )
-        case ScanRequest():
-            return RecentEvent(
-                "scan_request",
-                key.tenant_id,
-                key.mailbox,
-                decision.at_ms,
-                decision.request_id,
-                {"owner_id": decision.owner_id, "device_id": decision.device_id},
-            )
-        case Alert():
-            return RecentEvent(
-                "alert",
-                key.tenant_id,
-                key.mailbox,
-                decision.at_ms,
-                decision.alert_id,
-                {"kind": decision.kind, "scans_requested": decision.scans_requested},
-            )
-        case Report():
-            return RecentEvent(
-                "report",
-                key.tenant_id,
-                key.mailbox,
-                decision.at_ms,
-                decision.report_id,
-                {"event": decision.event, "actor": decision.actor, "reason": decision.reason},
-            )
-    raise TypeError(f"not a decision: {decision!r}")
+    return visit(decision, _DESCRIBE)
 
 
 class RecentEvents:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol, TypeVar, assert_never
 
 from processor.policy.events import MailboxKey
 
@@ -111,3 +111,40 @@ class Report:
 
 
 Decision = Block | Unblock | ScanRequest | Alert | Report
+
+
+T_co = TypeVar("T_co", covariant=True)
+
+
+class DecisionVisitor(Protocol[T_co]):
+    """Whatever turns decisions into something else (Kafka records, simulate's lines,
+    log lines, metrics, the status page's events) has one method per decision type;
+    `visit` picks it. Adding a decision type then fails type-checking at every
+    visitor that does not handle it, instead of falling through a switch."""
+
+    def block(self, decision: Block) -> T_co: ...
+
+    def unblock(self, decision: Unblock) -> T_co: ...
+
+    def scan_request(self, decision: ScanRequest) -> T_co: ...
+
+    def alert(self, decision: Alert) -> T_co: ...
+
+    def report(self, decision: Report) -> T_co: ...
+
+
+def visit(decision: Decision, visitor: DecisionVisitor[T_co]) -> T_co:
+    """`visitor`'s method for the type of `decision`: the one switch over decision types."""
+    match decision:
+        case Block():
+            return visitor.block(decision)
+        case Unblock():
+            return visitor.unblock(decision)
+        case ScanRequest():
+            return visitor.scan_request(decision)
+        case Alert():
+            return visitor.alert(decision)
+        case Report():
+            return visitor.report(decision)
+        case _:
+            assert_never(decision)

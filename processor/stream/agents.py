@@ -42,8 +42,8 @@ def define_lockout_agent(app: faust.App, rt: Runtime) -> Any:
             step = rt.step(event.key, message.partition, message.offset, item, now)
             if step is None:  # already in the stored state: a replay
                 continue
-            await rt.send(step.decisions)
+            await rt.publish(step.decisions, now, step.triggered_at_ms)
             rt.store(event.key, message.partition, message.offset, step)
-            rt.count(step, now)
+            rt.count_outcome(step)
 
     return lockout

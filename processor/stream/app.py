@@ -37,7 +37,7 @@ def create_app(settings: WorkerSettings) -> faust.App:
         web_port=settings.web_port,
         web_in_thread=False,
         # Faust's own /router and /table pages would show table contents to anyone:
-        # the worker's data is served only by processor.ops.api, behind tokens.
+        # the worker's data is served only by processor.stream.web, behind tokens.
         web_router_enabled=False,
         web_tables_enabled=False,
         web_stats_enabled=False,

@@ -161,20 +161,20 @@ def run_worker(
     from prometheus_client import CollectorRegistry
 
     from processor.codec.wire import Codec
-    from processor.ops.api import ApiContext, define_api
     from processor.ops.logging import configure_logging, log_decisions
     from processor.ops.metrics import Metrics
     from processor.ops.recent import RecentEvents
     from processor.stream.agents import define_lockout_agent
     from processor.stream.app import create_app
-    from processor.stream.edge import EdgeConfig, EdgeSupervisor
+    from processor.stream.edge import EdgeConfig
+    from processor.stream.edge_process import EdgeSupervisor
     from processor.stream.lookups import LookupReader, Lookups
     from processor.stream.outputs import Outputs
     from processor.stream.runtime import Runtime
     from processor.stream.tables import define_state_table
     from processor.stream.timers import define_timers
     from processor.stream.topics import ensure_internal_topic
-    from processor.stream.views import define_views
+    from processor.stream.web import WebContext, define_web
 
     configure_logging(loglevel)
     names, client_config = settings.names, settings.connection.confluent()
@@ -238,9 +238,8 @@ def run_worker(
         )
     define_lockout_agent(app, rt)
     define_timers(app, rt, supervisor, settings.expiry_interval_s)
-    define_views(app, rt)
     rt.on_decisions.append(log_decisions)
-    define_api(app, ApiContext(rt, tokens or Tokens(), codec, RecentEvents()))
+    define_web(app, WebContext(rt, tokens or Tokens(), codec, RecentEvents()))
     if supervisor is not None:
         supervisor.start()
     try:

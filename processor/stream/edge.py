@@ -13,8 +13,10 @@ keeps the GIL away from the stateful agent). Per batch:
       ─► commit the batch's source offsets
 
 Any failure the loop cannot retry in place (a delivery not made in time, a
-consumer fatal error) ends the process; `EdgeSupervisor` starts a new one, which
-resumes from the committed offsets.
+consumer fatal error) ends the process (`processor.stream.edge_process`), and its
+supervisor starts a new one, which resumes from the committed offsets. The stage
+gets its Kafka clients as arguments (`kafka_clients` makes the real ones), so
+tests drive it with clients of their own.
 
 Offsets are committed only after delivery, so a crash replays at most one batch
 (at-least-once); the policy drops replayed verdicts by message id and replayed
@@ -31,9 +33,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import signal
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -102,42 +101,22 @@ class TransientDecodeError(Exception):
 class EdgeStage:
     """The loop itself; `process_batch` is the per-batch work, reusable by benchmarks."""
 
-    def __init__(self, config: EdgeConfig, codec: Codec | None = None) -> None:
-        from confluent_kafka import Consumer, Producer
-
+    def __init__(
+        self, config: EdgeConfig, consumer: Any, producer: Any, codec: Codec | None = None
+    ) -> None:
+        """`consumer` and `producer` are confluent-kafka clients (see `kafka_clients`),
+        or anything with the same methods (tests)."""
         self.config = config
+        self.consumer = consumer
+        self.producer = producer
         self.codec = codec if codec is not None else Codec.from_config(config.codec_config)
-        static = {"group.instance.id": config.instance_id} if config.instance_id else {}
-        self.consumer = Consumer(
-            {
-                **config.client_config,
-                **static,
-                "group.id": config.group_id,
-                "enable.auto.commit": False,
-                "auto.offset.reset": "earliest",
-                # Cooperative rebalancing: a second worker joining does not stop this one.
-                "partition.assignment.strategy": "cooperative-sticky",
-                "session.timeout.ms": int(config.session_timeout_s * 1000),
-                "heartbeat.interval.ms": int(config.session_timeout_s * 1000 / 3),
-                "fetch.min.bytes": 65536,
-                "fetch.wait.max.ms": 100,
-            }
-        )
-        self.producer = Producer(
-            {
-                **config.client_config,
-                # The Java client's (and aiokafka's) partitioner: the timer's ticks,
-                # sent by Faust, must land on the partition of the mailbox's verdicts.
-                "partitioner": "murmur2_random",
-                "enable.idempotence": True,
-                "acks": "all",
-                "linger.ms": 5,
-                # No compression: aiokafka (the agent's consumer) ships without lz4
-                # and snappy, and the internal records are small and few.
-            }
-        )
         self.counts = EdgeCounts()
         self._failed: list[str] = []
+
+    @classmethod
+    def connect(cls, config: EdgeConfig, codec: Codec | None = None) -> EdgeStage:
+        """A stage with its own Kafka clients, configured by `kafka_clients`."""
+        return cls(config, *kafka_clients(config), codec)
 
     def subscribe(self) -> None:
         self.consumer.subscribe([self.config.verdicts_topic, self.config.support_topic])
@@ -301,109 +280,37 @@ class EdgeStage:
         self.commit(messages)
 
 
-# -- the process ----------------------------------------------------------------------
+def kafka_clients(config: EdgeConfig) -> tuple[Any, Any]:
+    """The stage's confluent-kafka (consumer, producer), configured for its job."""
+    from confluent_kafka import Consumer, Producer
 
-
-def _die_with_parent(parent_pid: int) -> None:
-    """Linux: get SIGKILLed when the worker dies, even by SIGKILL (no orphaned edge)."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        pr_set_pdeathsig = 1
-        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
-    except OSError:
-        pass  # not Linux: the parent-pid check in the loop covers it
-    if os.getppid() != parent_pid:  # the parent died before prctl took effect
-        os._exit(1)
-
-
-def edge_process_main(config: EdgeConfig, connection: Any, parent_pid: int, log_level: str) -> None:
-    """Entry point of the edge process (spawned by `EdgeSupervisor`)."""
-    _die_with_parent(parent_pid)
-    from processor.ops.logging import configure_logging
-
-    configure_logging(log_level)  # spawned: nothing of the parent's logging is inherited
-    stop = False
-
-    def on_term(signum: int, frame: Any) -> None:
-        nonlocal stop
-        stop = True
-
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker decides when we stop
-
-    def stopping() -> bool:
-        return stop or os.getppid() != parent_pid
-
-    def report(counts: EdgeCounts) -> None:
-        with contextlib.suppress(OSError):
-            connection.send(counts)
-
-    try:
-        EdgeStage(config).run(stopping, report)
-    except Exception:
-        # Uncommitted batches are replayed by the next process (at-least-once).
-        log.exception("edge stage failed; exiting so that the worker restarts it")
-        sys.exit(1)
-
-
-class EdgeSupervisor:
-    """Starts the edge process, restarts it if it dies, and forwards its counters."""
-
-    def __init__(self, config: EdgeConfig, on_counts: Callable[[EdgeCounts], None]) -> None:
-        self.config = config
-        self._on_counts = on_counts
-        self._process: Any = None
-        self._connection: Any = None
-        self.restarts = 0
-
-    def start(self) -> None:
-        import multiprocessing
-
-        # spawn: a fork of an asyncio/Faust process would inherit its loop and sockets.
-        context = multiprocessing.get_context("spawn")
-        receive, send = context.Pipe(duplex=False)
-        level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
-        self._process = context.Process(
-            target=edge_process_main,
-            args=(self.config, send, os.getpid(), level),
-            name="sendguard-edge",
-            daemon=True,
-        )
-        self._process.start()
-        send.close()
-        self._connection = receive
-
-    def poll(self) -> None:
-        """Forward pending counters; restart the process if it died. Call every second."""
-        self._drain()
-        if self._process is not None and not self._process.is_alive():
-            log.error("edge stage exited with %s; restarting it", self._process.exitcode)
-            self.restarts += 1
-            self.start()
-
-    def _drain(self) -> None:
-        connection = self._connection
-        try:
-            while connection is not None and connection.poll():
-                self._on_counts(connection.recv())
-        except (EOFError, OSError):
-            pass
-
-    def stop(self) -> None:
-        process, self._process = self._process, None
-        if process is None:
-            return
-        process.terminate()
-        process.join(15)
-        if process.is_alive():
-            process.kill()
-            process.join(5)
-        self._connection_drain_final()
-
-    def _connection_drain_final(self) -> None:
-        self._drain()
-        if self._connection is not None:
-            self._connection.close()
-            self._connection = None
+    static = {"group.instance.id": config.instance_id} if config.instance_id else {}
+    consumer = Consumer(
+        {
+            **config.client_config,
+            **static,
+            "group.id": config.group_id,
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            # Cooperative rebalancing: a second worker joining does not stop this one.
+            "partition.assignment.strategy": "cooperative-sticky",
+            "session.timeout.ms": int(config.session_timeout_s * 1000),
+            "heartbeat.interval.ms": int(config.session_timeout_s * 1000 / 3),
+            "fetch.min.bytes": 65536,
+            "fetch.wait.max.ms": 100,
+        }
+    )
+    producer = Producer(
+        {
+            **config.client_config,
+            # The Java client's (and aiokafka's) partitioner: the timer's ticks,
+            # sent by Faust, must land on the partition of the mailbox's verdicts.
+            "partitioner": "murmur2_random",
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 5,
+            # No compression: aiokafka (the agent's consumer) ships without lz4
+            # and snappy, and the internal records are small and few.
+        }
+    )
+    return consumer, producer

@@ -118,31 +118,34 @@ class Runtime:
             self.index.update(partition, key, None)
         self.processed[partition] = offset
 
-    def count(self, step: Step, now_ms: int) -> None:
+    async def publish(
+        self, decisions: list[Decision], now_ms: int, triggered_at_ms: int | None = None
+    ) -> None:
+        """Send the decisions (`send`), then count them and hand them to the observers.
+
+        The one way anything in the worker emits decisions: the agent's steps and the
+        API's refused releases alike are sent, counted, logged and shown the same way.
+        """
+        await self.send(decisions)
+        if decisions:
+            self.metrics.decisions(decisions, now_ms, triggered_at_ms)
+            for observer in self.on_decisions:
+                observer(decisions)
+
+    def count_outcome(self, step: Step) -> None:
+        """Count a verdict the policy ignored (late, duplicate, ...)."""
         if step.outcome is not None and step.outcome in _IGNORED:
             self.metrics.ignored(_IGNORED[step.outcome])
-        self.metrics.decisions(step.decisions, now_ms, step.triggered_at_ms)
-        if step.decisions:
-            for observer in self.on_decisions:
-                observer(step.decisions)
 
     def add_edge_counts(self, counts: EdgeCounts) -> None:
-        """Add one report of the edge process (per-second totals) to the metrics.
-
-        The counts arrive aggregated (up to ~50 k verdicts a second), and `Metrics`
-        counts one event per call, so the totals go to its counters in one step each.
-        (A `count` argument on Metrics.verdict/qualifying/
-        dead_letter would make these private accesses unnecessary.)
-        """
+        """Add one report of the edge process (per-second totals) to the metrics."""
         metrics = self.metrics
         for (direction, verdict), n in counts.verdicts.items():
-            metrics.verdict(direction, verdict)  # validates the labels
-            metrics._verdicts.labels(direction, verdict).inc(n - 1)
+            metrics.verdict(direction, verdict, n)
         if counts.qualifying:
-            metrics._qualifying.inc(counts.qualifying)
+            metrics.qualifying(counts.qualifying)
         for reason, n in counts.dead_letters.items():
-            metrics.dead_letter(reason)
-            metrics._dead_letters.labels(reason).inc(n - 1)
+            metrics.dead_letter(reason, n)
         for (topic, partition), lag in counts.lag.items():
             metrics.set_lag(topic, partition, lag)
 

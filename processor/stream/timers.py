@@ -17,7 +17,7 @@ from typing import TypeVar
 import faust
 
 from processor.policy import MailboxState
-from processor.stream.edge import EdgeSupervisor
+from processor.stream.edge_process import EdgeSupervisor
 from processor.stream.events import ExpiryTick, SweepTick, decode_key, encode_event
 from processor.stream.runtime import Runtime, wall_ms
 

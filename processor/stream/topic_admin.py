@@ -21,9 +21,13 @@ from typing import Any
 
 import click
 
+from processor.stream.connection import (
+    KafkaConnection,
+    connection_from_options,
+    connection_options,
+)
 from processor.topics import TopicsFileError, TopicSpec, default_topics_file, load_topics
 
-DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 # How long to wait for the broker before calling it unreachable.
 CONNECT_TIMEOUT_S = 6.0
 # Topic creation waits for the controller; generous but bounded.
@@ -67,11 +71,12 @@ class ApplyResult:
         return sorted({d.topic for d in self.differences})
 
 
-def _admin(bootstrap: str) -> Any:
+def _admin(connection: KafkaConnection) -> Any:
     from confluent_kafka.admin import AdminClient
 
     conf: dict[str, Any] = {
-        "bootstrap.servers": bootstrap,
+        # The same address and security settings as every other sendguard client.
+        **connection.confluent(),
         # Fail fast on a wrong address instead of retrying silently for minutes.
         "socket.connection.setup.timeout.ms": int(CONNECT_TIMEOUT_S * 1000),
         "logger": _LIBRDKAFKA_LOG,
@@ -92,9 +97,9 @@ def _metadata(admin: Any, bootstrap: str) -> Any:
         ) from exc
 
 
-def existing_topics(bootstrap: str) -> dict[str, tuple[int, int]]:
+def existing_topics(connection: KafkaConnection) -> dict[str, tuple[int, int]]:
     """Topic name -> (partitions, replication factor) of every topic on the broker."""
-    metadata = _metadata(_admin(bootstrap), bootstrap)
+    metadata = _metadata(_admin(connection), connection.bootstrap)
     # Topics still being created (no leader yet) are listed too, with what is known.
     return {
         name: (len(t.partitions), _replication_factor(t)) for name, t in metadata.topics.items()
@@ -106,7 +111,7 @@ def _replication_factor(topic_metadata: Any) -> int:
     return len(partitions[0].replicas) if partitions else 0
 
 
-def apply_topics(bootstrap: str, specs: list[TopicSpec]) -> ApplyResult:
+def apply_topics(connection: KafkaConnection, specs: list[TopicSpec]) -> ApplyResult:
     """Create the missing topics of `specs`, compare the others; raises TopicAdminError.
 
     Afterwards every spec's topic exists; `differences` lists what an existing
@@ -117,7 +122,7 @@ def apply_topics(bootstrap: str, specs: list[TopicSpec]) -> ApplyResult:
     # The documented import path; the package re-exports it without __all__.
     from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
 
-    admin = _admin(bootstrap)
+    admin, bootstrap = _admin(connection), connection.bootstrap
     metadata = _metadata(admin, bootstrap)
     result = ApplyResult()
 
@@ -242,23 +247,15 @@ def compare(
     return differences
 
 
-def delete_topics(bootstrap: str, names: list[str]) -> None:
+def delete_topics(connection: KafkaConnection, names: list[str]) -> None:
     """Delete topics (tests clean up with it; not exposed on the command line)."""
-    admin = _admin(bootstrap)
+    admin = _admin(connection)
     for future in admin.delete_topics(names, operation_timeout=REQUEST_TIMEOUT_S).values():
         future.result(timeout=REQUEST_TIMEOUT_S + 5)
 
 
 # -- command line --------------------------------------------------------------
 
-_bootstrap_option = click.option(
-    "--bootstrap",
-    envvar="SENDGUARD_BOOTSTRAP",
-    default=DEFAULT_BOOTSTRAP,
-    show_default=True,
-    show_envvar=True,
-    help="Kafka bootstrap servers.",
-)
 _file_option = click.option(
     "--file",
     "topics_file",
@@ -284,7 +281,7 @@ def topics() -> None:
 
 
 @topics.command("apply")
-@_bootstrap_option
+@connection_options
 @_file_option
 @click.option(
     "--replication-factor",
@@ -294,7 +291,7 @@ def topics() -> None:
     default=None,
     help="Override every topic's replication factor (production: 3).",
 )
-def apply_command(bootstrap: str, topics_file: Path | None, replication_factor: int | None) -> None:
+def apply_command(topics_file: Path | None, replication_factor: int | None, **options: Any) -> None:
     """Create missing topics; report, never change, existing topics that differ.
 
     Exit status: 0 all topics match, 1 error (e.g. broker unreachable), 2 some
@@ -302,7 +299,7 @@ def apply_command(bootstrap: str, topics_file: Path | None, replication_factor: 
     """
     specs = _load(topics_file, replication_factor)
     try:
-        result = apply_topics(bootstrap, specs)
+        result = apply_topics(connection_from_options(options), specs)
     except TopicAdminError as exc:
         raise click.ClickException(str(exc)) from exc
     for name in result.created:
@@ -320,13 +317,13 @@ def apply_command(bootstrap: str, topics_file: Path | None, replication_factor: 
 
 
 @topics.command("list")
-@_bootstrap_option
+@connection_options
 @_file_option
-def list_command(bootstrap: str, topics_file: Path | None) -> None:
+def list_command(topics_file: Path | None, **options: Any) -> None:
     """Show each topic of the file: partitions, replication, schemas, whether it exists."""
     specs = _load(topics_file, None)
     try:
-        existing = existing_topics(bootstrap)
+        existing = existing_topics(connection_from_options(options))
     except TopicAdminError as exc:
         raise click.ClickException(str(exc)) from exc
     for spec in specs:

@@ -59,6 +59,17 @@ class TopicNames:
         return f"{self.app_id}-{MAILBOX_EVENTS_SUFFIX}"
 
     @property
+    def state_changelog(self) -> str:
+        """The changelog Faust keeps of the state table."""
+        return f"{self.app_id}-{STATE_TABLE}-changelog"
+
+    @property
+    def internal_topics(self) -> list[str]:
+        """Every topic the worker creates for itself: the internal topic, the table's
+        changelog, and the leader topic of Faust's partition assignor."""
+        return [self.mailbox_events, self.state_changelog, f"{self.app_id}-__assignor-__leader"]
+
+    @property
     def edge_group(self) -> str:
         return f"{self.app_id}-edge"
 

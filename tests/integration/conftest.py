@@ -9,6 +9,7 @@ if it was the one that started it. Every test in this folder is marked `integrat
 from __future__ import annotations
 
 import os
+import random
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -41,3 +42,19 @@ def bootstrap() -> Iterator[str]:
     finally:
         if started:
             broker.down()
+
+
+SEED_ENV = "SENDGUARD_TEST_SEED"
+
+
+@pytest.fixture
+def rng() -> random.Random:
+    """The test's source of random choices (kill times, ...), seeded and replayable.
+
+    The seed is printed, so a failing test's captured output shows it; run again
+    with SENDGUARD_TEST_SEED=<seed> to make the same choices.
+    """
+    given = os.environ.get(SEED_ENV)
+    seed = int(given) if given else random.SystemRandom().randrange(2**32)
+    print(f"random choices seeded with {seed} (replay: {SEED_ENV}={seed})")
+    return random.Random(seed)

@@ -7,8 +7,8 @@ import urllib.request
 
 from worker_support import free_port
 
-from processor.demo import DemoOptions, run_demo
-from processor.demo_scenario import EXPECTED
+from processor.demo.run import DemoOptions, run_demo
+from processor.demo.scenario import EXPECTED
 
 
 def test_demo_shows_blocks_escalation_release_and_no_scans_without_sync_security(

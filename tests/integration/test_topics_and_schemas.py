@@ -21,6 +21,7 @@ from click.testing import CliRunner
 from processor.cli import cli
 from processor.codec.schemas import SchemaRegistry
 from processor.codec.wire import Codec, CodecConfig
+from processor.stream.connection import KafkaConnection
 from processor.stream.topic_admin import (
     TopicAdminError,
     apply_topics,
@@ -37,9 +38,11 @@ def prefix(bootstrap: str) -> Iterator[str]:
     """A fresh topic-name prefix; every topic under it is deleted at the end."""
     run = f"it-{uuid.uuid4().hex[:10]}."
     yield run
-    leftovers = [name for name in existing_topics(bootstrap) if name.startswith(run)]
+    leftovers = [
+        name for name in existing_topics(KafkaConnection(bootstrap)) if name.startswith(run)
+    ]
     if leftovers:
-        delete_topics(bootstrap, leftovers)
+        delete_topics(KafkaConnection(bootstrap), leftovers)
 
 
 def _prefixed(prefix: str) -> list[TopicSpec]:
@@ -48,32 +51,34 @@ def _prefixed(prefix: str) -> list[TopicSpec]:
 
 def test_apply_creates_every_topic_then_changes_nothing(bootstrap: str, prefix: str) -> None:
     specs = _prefixed(prefix)
-    first = apply_topics(bootstrap, specs)
+    first = apply_topics(KafkaConnection(bootstrap), specs)
     assert first.created == [s.name for s in specs]
     assert first.differences == []
 
-    on_broker = existing_topics(bootstrap)
+    on_broker = existing_topics(KafkaConnection(bootstrap))
     for spec in specs:
         assert on_broker[spec.name] == (spec.partitions, spec.replication_factor)
 
-    second = apply_topics(bootstrap, specs)
+    second = apply_topics(KafkaConnection(bootstrap), specs)
     assert (second.created, second.differences) == ([], [])
     assert second.unchanged == [s.name for s in specs]
 
 
 def test_apply_reports_a_differing_topic_and_leaves_it_alone(bootstrap: str, prefix: str) -> None:
     (spec,) = [s for s in _prefixed(prefix) if s.name.endswith("mail.reports")]
-    apply_topics(bootstrap, [spec])
+    apply_topics(KafkaConnection(bootstrap), [spec])
     wanted = dataclasses.replace(spec, partitions=spec.partitions + 1, cleanup_policy="compact")
 
-    result = apply_topics(bootstrap, [wanted])
+    result = apply_topics(KafkaConnection(bootstrap), [wanted])
 
     assert result.created == [] and result.unchanged == []
     assert {(d.setting, d.expected, d.actual) for d in result.differences} == {
         ("partitions", str(spec.partitions + 1), str(spec.partitions)),
         ("cleanup.policy", "compact", "delete"),
     }
-    assert existing_topics(bootstrap)[spec.name][0] == spec.partitions  # not changed
+    assert (
+        existing_topics(KafkaConnection(bootstrap))[spec.name][0] == spec.partitions
+    )  # not changed
 
 
 def test_the_command_creates_lists_and_exits_2_on_drift(
@@ -109,7 +114,7 @@ def test_the_command_creates_lists_and_exits_2_on_drift(
 def test_an_unreachable_broker_is_a_quick_clear_error() -> None:
     started = time.monotonic()
     with pytest.raises(TopicAdminError, match=r"cannot reach Kafka at 127\.0\.0\.1:1 "):
-        apply_topics("127.0.0.1:1", load_topics())
+        apply_topics(KafkaConnection("127.0.0.1:1"), load_topics())
     assert time.monotonic() - started < 10
 
 
@@ -158,7 +163,8 @@ def test_every_schema_survives_the_broker(
     codec = Codec.from_config(CodecConfig(schema_registry_url=registry_url))
     topic = f"{prefix}schemas"
     apply_topics(
-        bootstrap, [TopicSpec(topic, 1, 1, "delete", None, "MailboxKey", "Verdict", "test")]
+        KafkaConnection(bootstrap),
+        [TopicSpec(topic, 1, 1, "delete", None, "MailboxKey", "Verdict", "test")],
     )
 
     producer = Producer({"bootstrap.servers": bootstrap})

@@ -28,8 +28,9 @@ from processor.policy import (
 )
 from processor.scenario import format_timestamp, parse_line
 from processor.simulate import run
+from processor.stream.connection import KafkaConnection
 from processor.stream.topic_admin import apply_topics
-from processor.stream.topics import STATE_TABLE, TopicNames
+from processor.stream.topics import TopicNames
 from processor.tools.tail import read_topic
 from processor.topics import load_topics
 
@@ -59,7 +60,7 @@ class Deployment:
         run = uuid.uuid4().hex[:10]
         names = TopicNames(prefix=f"it{run}.", app_id=f"it{run}")
         specs = [dataclasses.replace(s, name=names.external(s.name)) for s in load_topics()]
-        apply_topics(bootstrap, specs)
+        apply_topics(KafkaConnection(bootstrap), specs)
         (tmp / "policy.yaml").write_text(POLICY_YAML)
         return cls(bootstrap, tmp, names)
 
@@ -101,7 +102,7 @@ class Deployment:
     def table_state(self) -> dict[tuple[str, str], dict[str, Any]]:
         """The latest state record per mailbox, from the table's changelog."""
         state: dict[tuple[str, str], dict[str, Any]] = {}
-        topic = f"{self.names.app_id}-{STATE_TABLE}-changelog"
+        topic = self.names.state_changelog
         for r in read_topic(
             self.client, topic, Codec.from_config(), from_beginning=True, idle_timeout_s=2.0
         ):

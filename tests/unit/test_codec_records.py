@@ -23,31 +23,19 @@ from processor.codec.records import (
     verdict_from_record,
 )
 from processor.codec.wire import Codec, CodecConfig
-from processor.policy.decisions import (
-    Alert,
-    Block,
-    Decision,
-    Evidence,
-    Report,
-    ScanRequest,
-    Unblock,
-    decision_id,
-)
+from processor.policy.decisions import Decision, decision_id
 from processor.policy.events import (
     Direction,
     DirectoryEntry,
-    MailboxKey,
     Release,
     TenantSettings,
     Verdict,
     VerdictKind,
 )
 from processor.topics import load_topics
+from tests.unit.decision_fixtures import HOUR, KEY, T0, one_of_each
 
 CODEC = Codec.from_config(CodecConfig())
-KEY = MailboxKey("t1", "alice@example.com")
-T0 = 1_767_607_200_000  # 2026-01-05T10:00:00Z
-HOUR = 3_600_000
 
 VERDICT = {
     "tenant_id": "t1",
@@ -204,51 +192,7 @@ def test_a_mailbox_key_record_is_normalised() -> None:
 
 # -- outbound -------------------------------------------------------------------
 
-EVIDENCE = (Evidence("m1", T0 - 60_000), Evidence("m2", T0))
-DECISIONS: list[Decision] = [
-    Block(KEY, T0, 2, False, T0 + 2 * HOUR, 3, decision_id(KEY, 3, "block"), EVIDENCE),
-    Block(KEY, T0, 6, True, None, 7, decision_id(KEY, 7, "block"), EVIDENCE),
-    Unblock(KEY, T0 + 2 * HOUR, 2, "expired", 3, decision_id(KEY, 3, "unblock")),
-    Unblock(KEY, T0, 6, "released", 7, decision_id(KEY, 7, "unblock"), "sup-1", "verified"),
-    ScanRequest(KEY, "u1", "d1", T0, 3, decision_id(KEY, 3, "scan:d1")),
-    Alert(
-        KEY,
-        T0,
-        "blocked",
-        2,
-        False,
-        T0 + 2 * HOUR,
-        "u1",
-        ("d1",),
-        True,
-        EVIDENCE,
-        decision_id(KEY, 3, "alert"),
-    ),
-    Alert(
-        KEY,
-        T0,
-        "allowlisted",
-        None,
-        False,
-        None,
-        None,
-        (),
-        False,
-        EVIDENCE,
-        decision_id(KEY, 1, "allowlisted"),
-    ),
-    Report(KEY, T0, "permanently_blocked", 6, None, decision_id(KEY, 7, "report")),
-    Report(
-        KEY,
-        T0,
-        "release_refused",
-        None,
-        None,
-        decision_id(KEY, 7, "refused"),
-        "sup-1",
-        "not permanently blocked",
-    ),
-]
+DECISIONS: list[Decision] = one_of_each()
 EVENTS: list[Verdict | DirectoryEntry | TenantSettings | Release] = [
     Verdict(KEY, "m1", Direction.OUTBOUND, VerdictKind.VIRUS, T0),
     DirectoryEntry(KEY, "u1", ("d1", "d2"), T0),

@@ -15,87 +15,9 @@ from processor.ops.metrics import (
     VERDICTS,
     Metrics,
 )
-from processor.policy.decisions import (
-    Alert,
-    AlertKind,
-    Block,
-    Decision,
-    Evidence,
-    Report,
-    ReportEvent,
-    ScanRequest,
-    Unblock,
-    UnblockReason,
-    decision_id,
-)
-from processor.policy.events import MailboxKey
+from processor.policy.decisions import Alert, Block, Decision, Report, ScanRequest, Unblock
 from processor.policy.machine import Outcome
-
-KEY = MailboxKey.of("tenant-1", "Alice@Example.com")
-T0 = 1_767_607_200_000  # 2026-01-05T10:00:00Z
-HOUR_MS = 3_600_000
-
-
-def block(offense: int = 1, permanent: bool = False) -> Block:
-    return Block(
-        key=KEY,
-        at_ms=T0,
-        offense=offense,
-        permanent=permanent,
-        until_ms=None if permanent else T0 + HOUR_MS,
-        sequence=offense,
-        command_id=decision_id(KEY, offense, "block"),
-        evidence=(Evidence("m1", T0 - 1_000),),
-    )
-
-
-def unblock(reason: UnblockReason = "expired") -> Unblock:
-    return Unblock(
-        key=KEY,
-        at_ms=T0 + HOUR_MS,
-        offense=1,
-        reason=reason,
-        sequence=1,
-        command_id=decision_id(KEY, 1, "unblock"),
-    )
-
-
-def scan(device: str = "laptop-1") -> ScanRequest:
-    return ScanRequest(
-        key=KEY,
-        owner_id="owner-1",
-        device_id=device,
-        at_ms=T0,
-        sequence=1,
-        request_id=decision_id(KEY, 1, f"scan:{device}"),
-    )
-
-
-def alert(kind: AlertKind = "blocked") -> Alert:
-    return Alert(
-        key=KEY,
-        at_ms=T0,
-        kind=kind,
-        offense=1,
-        permanent=False,
-        until_ms=T0 + HOUR_MS,
-        owner_id="owner-1",
-        devices=("laptop-1",),
-        scans_requested=True,
-        evidence=(Evidence("m1", T0 - 1_000),),
-        alert_id=decision_id(KEY, 1, "alert"),
-    )
-
-
-def report(event: ReportEvent = "blocked") -> Report:
-    return Report(
-        key=KEY,
-        at_ms=T0,
-        event=event,
-        offense=1,
-        until_ms=None,
-        report_id=decision_id(KEY, 1, f"report:{event}"),
-    )
+from tests.unit.decision_fixtures import T0, alert, block, report, scan, unblock
 
 
 @pytest.fixture

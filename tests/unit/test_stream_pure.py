@@ -304,11 +304,6 @@ class _Producer:
 def test_the_edge_stage_stops_on_a_fatal_consumer_error_and_not_on_others() -> None:
     # librdkafka reports FENCED_INSTANCE_ID of a static member as a fatal error, once;
     # the consumer then returns nothing for ever, so looping on would stall the stage.
-    stage = EdgeStage.__new__(EdgeStage)
-    stage.config = EdgeConfig({}, "g", "v", "s", "i", "d")
-    stage.codec = Codec.from_config()
-    stage.counts = EdgeCounts()
-    stage._failed = []
     consumer = _Consumer(
         [
             [_ErrorMessage(KafkaError(KafkaError._TRANSPORT, "broker down"))],
@@ -316,7 +311,7 @@ def test_the_edge_stage_stops_on_a_fatal_consumer_error_and_not_on_others() -> N
             [_ErrorMessage(KafkaError(KafkaError._FATAL, "fenced"))],
         ]
     )
-    stage.consumer, stage.producer = consumer, _Producer()
+    stage = EdgeStage(EdgeConfig({}, "g", "v", "s", "i", "d"), consumer, _Producer())
     reports: list[EdgeCounts] = []
     with pytest.raises(ConsumerFailed, match="fenced"):
         stage.run(lambda: consumer.polls >= 5, reports.append)
