@@ -79,12 +79,13 @@ def test_rspamd_results_become_verdicts_and_the_unusable_ones_dead_letters(
     now_ms = time.time() * 1000
     assert all(now_ms - 60_000 < v["scanned_at"] <= now_ms for v in verdicts)
 
-    letters = deployment.read(deployment.names.dead_letter)
-    assert [d["reason"] for d in letters] == ["not_json", "unknown_tenant", "body_too_large"]
-    assert letters[0]["value"] == b"this is not json"
-    assert letters[0]["source_topic"] == "rspamd" and letters[0]["source_offset"] == -1
-    assert "x@unknown.example" in letters[1]["detail"]
-    assert len(letters[2]["value"]) == 65536  # the kept prefix of the oversized body
+    letters = {d["reason"]: d for d in deployment.read(deployment.names.dead_letter)}
+    assert sorted(letters) == ["body_too_large", "not_json", "unknown_tenant"]
+    assert letters["not_json"]["value"] == b"this is not json"
+    assert letters["not_json"]["source_topic"] == "rspamd"
+    assert letters["not_json"]["source_offset"] == -1
+    assert "x@unknown.example" in letters["unknown_tenant"]["detail"]
+    assert len(letters["body_too_large"]["value"]) == 65536  # the kept prefix
 
     assert ingest.metric('sendguard_ingest_requests_total{outcome="verdict"}') == 8
     assert ingest.metric('sendguard_ingest_requests_total{outcome="dead_letter"}') == 3
