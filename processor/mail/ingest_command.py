@@ -145,8 +145,8 @@ def _words(values: tuple[str, ...]) -> list[str]:
     help="Seconds a POST's body may take to arrive.",
 )
 @click.option(
-    "--log-level",
-    envvar="SENDGUARD_LOG_LEVEL",
+    "--loglevel",
+    envvar="SENDGUARD_LOGLEVEL",
     show_envvar=True,
     type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
     default="info",
@@ -171,7 +171,7 @@ def ingest(tenants_path: Path, **options: Any) -> None:
     from processor.ops.logging import configure_logging
     from processor.stream.topics import TopicNames
 
-    configure_logging(options.pop("log_level"))
+    configure_logging(options.pop("loglevel"))
     connection = connection_from_options(options)
     listen_host, listen_port = parse_host_port(options["listen"], "--listen")
     try:

@@ -54,7 +54,7 @@ class IngestProcess:
                 f"127.0.0.1:{self.port}",
                 "--web-port",
                 str(self.web_port),
-                "--log-level",
+                "--loglevel",
                 "debug",
                 *self.extra,
             ],

@@ -76,8 +76,20 @@ class GatewayProcess:
         )
         return self
 
-    def wait_ready(self) -> None:
-        wait_port(self.port, 60, "sendguard gateway", self.log_tail)
+    def wait_ready(self, timeout_s: float = 60) -> None:
+        """Until its /ready says it has read mailbox.control (and it listens)."""
+        import urllib.request
+
+        def ready() -> bool:
+            try:
+                url = f"http://127.0.0.1:{self.web_port}/ready"
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    return bool(response.status == 200)
+            except OSError:
+                return False
+
+        wait_for(ready, timeout_s, "sendguard gateway /ready", every_s=0.3, diagnose=self.log_tail)
+        wait_port(self.port, 10, "sendguard gateway", self.log_tail)
 
     def log_tail(self, lines: int = 30) -> str:
         text = self.log.read_text(errors="replace") if self.log.exists() else "(no log)"
@@ -102,6 +114,7 @@ class MailLoop:
     def send(self, sender: str, recipient: str, **options: Any) -> Sent:
         result = send(self.postfix.port, sender, recipient, **options)
         self.sent.append((sender, result))
+        print(f"SMTP {sender} -> {recipient}: {result}")
         return result
 
     def verdicts(self) -> list[dict[str, Any]]:
