@@ -57,10 +57,17 @@ def _words(values: tuple[str, ...]) -> list[str]:
     show_default=True,
     help="HOST:PORT for rspamd's POSTs (metadata_exporter url http://HOST:PORT/rspamd).",
 )
-@click.option("--web-host", envvar="SENDGUARD_WEB_HOST", show_envvar=True, default="127.0.0.1")
+# Not SENDGUARD_WEB_*: those are the worker's, and both may share one environment.
+@click.option(
+    "--web-host",
+    envvar="SENDGUARD_INGEST_WEB_HOST",
+    show_envvar=True,
+    default="127.0.0.1",
+    show_default=True,
+)
 @click.option(
     "--web-port",
-    envvar="SENDGUARD_WEB_PORT",
+    envvar="SENDGUARD_INGEST_WEB_PORT",
     show_envvar=True,
     type=int,
     default=6071,
