@@ -13,9 +13,11 @@ every result to `sendguard ingest`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
+import signal
 import smtplib
 import socket
 import subprocess
@@ -282,9 +284,40 @@ class Postfix:
         return _tail(self.log, lines, "postfix")
 
     def stop(self) -> None:
+        """Stop the master and every Postfix daemon. The master starts a session of its
+        own (even in start-fg), so it is stopped through its pid file, not our group."""
         if self.process is not None:
+            master = self._master_pid()
+            subprocess.run(
+                ["postfix", "-c", str(self.conf), "stop"], capture_output=True, timeout=30
+            )
+            deadline = time.monotonic() + 15
+            while master is not None and _alive(master) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if master is not None and _alive(master):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(master, signal.SIGKILL)
             stop_process_group(self.process, grace_s=10)
         shutil.rmtree(self.root, ignore_errors=True)
+
+    def _master_pid(self) -> int | None:
+        try:
+            return int((self.root / "queue" / "pid" / "master.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie of ours still answers kill(0); it has stopped all the same.
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state != "Z"
 
 
 def new_message(sender: str, recipient: str, subject: str, body: str) -> EmailMessage:
