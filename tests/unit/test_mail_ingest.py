@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import click
 import pytest
 from prometheus_client import CollectorRegistry
@@ -89,3 +92,40 @@ def test_ingest_help_is_light_and_shows_env_fallbacks() -> None:
         "SENDGUARD_BOOTSTRAP",
     ):
         assert envvar in help_text
+
+
+def test_the_tenant_map_is_reloaded_when_its_file_changes_and_kept_when_broken(
+    tmp_path: Path,
+) -> None:
+    from processor.codec.wire import Codec
+    from processor.mail.delivery import KafkaDelivery
+    from processor.mail.ingest import IngestServer, IngestSettings
+    from processor.mail.rspamd import MappingRules
+    from processor.mail.tenants import TenantMap
+
+    path = tmp_path / "tenants.yaml"
+    path.write_text("acme.example: acme\n")
+    # A real producer; nothing is sent, so no broker needs to listen there.
+    delivery = KafkaDelivery(
+        {"bootstrap.servers": "127.0.0.1:1"}, max_pending=10, delivery_timeout_s=1
+    )
+    try:
+        server = IngestServer(
+            IngestSettings(verdicts_topic="v", dead_letter_topic="d"),
+            MappingRules(TenantMap.load(path)),
+            Codec.from_config(),
+            delivery,
+            IngestMetrics(CollectorRegistry()),
+            tenants_path=path,
+        )
+        path.write_text("acme.example: acme\nglobex.example: globex\n")
+        os.utime(path, (1, 1))
+        server.reload_tenants()
+        assert server.rules.tenants.tenant_of("x@globex.example") == "globex"
+
+        path.write_text("- not a map\n")
+        os.utime(path, (2, 2))
+        server.reload_tenants()
+        assert server.rules.tenants.tenant_of("x@globex.example") == "globex"
+    finally:
+        delivery.close(1)
