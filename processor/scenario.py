@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 from processor.policy.decisions import Alert, Block, Decision, Evidence, ScanRequest, Unblock
 from processor.policy.events import (
+    MAX_TIMESTAMP_MS,
     Direction,
     DirectoryEntry,
     MailboxKey,
@@ -28,9 +29,6 @@ from processor.policy.events import (
 E = TypeVar("E", Direction, VerdictKind)
 
 Event = Verdict | DirectoryEntry | TenantSettings | Release | Tick
-
-#: Bounds of a usable timestamp: the epoch up to the end of year 9999 (ISO-8601's range).
-MAX_TIMESTAMP_MS = 253_402_300_799_999
 
 
 class ScenarioError(ValueError):

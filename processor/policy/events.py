@@ -10,6 +10,10 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+#: The last usable event time, 9999-12-31T23:59:59.999Z (the end of ISO-8601's four-digit
+#: years): a later (or negative) time is a broken clock, not data.
+MAX_TIMESTAMP_MS = 253_402_300_799_999
+
 
 class Direction(enum.Enum):
     OUTBOUND = "OUTBOUND"
