@@ -13,12 +13,20 @@ from dataclasses import dataclass, field
 
 from processor.policy.events import MailboxKey, normalise_mailbox
 
-_UNIT_MS = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+#: Milliseconds per duration unit (policy file and topics.yaml alike).
+DURATION_UNITS_MS = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
 
 
 class PolicyConfigError(ValueError):
     """A policy setting is unknown or has a bad value; the message names it."""
+
+
+def split_duration(text: object) -> tuple[str, str] | None:
+    """`' 1.5h '` -> `('1.5', 'h')`: the number and the unit of a duration, or None when
+    `text` is not a string of a non-negative number and one of DURATION_UNITS_MS."""
+    match = _DURATION.match(text) if isinstance(text, str) else None
+    return None if match is None else (match[1], match[2])
 
 
 def parse_duration(text: object, setting: str = "duration") -> int:
@@ -27,18 +35,14 @@ def parse_duration(text: object, setting: str = "duration") -> int:
     Raises PolicyConfigError naming `setting` for anything else, including a bare
     number: a duration without its unit is ambiguous.
     """
-    if not isinstance(text, str):
+    parts = split_duration(text)
+    if parts is None:
         raise PolicyConfigError(
             f"{setting}: {text!r} is not a duration; write a number with a unit "
             "(500ms, 30s, 10m, 1h, 2d)"
         )
-    match = _DURATION.match(text)
-    if match is None:
-        raise PolicyConfigError(
-            f"{setting}: {text!r} is not a duration; write a number with a unit "
-            "(500ms, 30s, 10m, 1h, 2d)"
-        )
-    value = float(match.group(1)) * _UNIT_MS[match.group(2)]
+    number, unit = parts
+    value = float(number) * DURATION_UNITS_MS[unit]
     if value < 1 or not value.is_integer():
         raise PolicyConfigError(f"{setting}: {text!r} must be a whole number of milliseconds >= 1")
     return int(value)
@@ -47,8 +51,8 @@ def parse_duration(text: object, setting: str = "duration") -> int:
 def format_duration(ms: int) -> str:
     """The shortest exact `parse_duration` spelling of `ms`."""
     for unit in ("d", "h", "m", "s"):
-        if ms % _UNIT_MS[unit] == 0:
-            return f"{ms // _UNIT_MS[unit]}{unit}"
+        if ms % DURATION_UNITS_MS[unit] == 0:
+            return f"{ms // DURATION_UNITS_MS[unit]}{unit}"
     return f"{ms}ms"
 
 
