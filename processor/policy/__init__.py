@@ -16,6 +16,7 @@ from processor.policy.decisions import (
     ScanRequest,
     Unblock,
 )
+from processor.policy.directory import Directory
 from processor.policy.engine import Engine
 from processor.policy.events import (
     Direction,
@@ -43,6 +44,7 @@ __all__ = [
     "Block",
     "Decision",
     "Direction",
+    "Directory",
     "DirectoryEntry",
     "Engine",
     "Evidence",

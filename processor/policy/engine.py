@@ -15,6 +15,7 @@ from collections.abc import Iterator
 
 from processor.policy.config import PolicyConfig
 from processor.policy.decisions import Block, Decision
+from processor.policy.directory import Directory
 from processor.policy.events import (
     DirectoryEntry,
     MailboxKey,
@@ -39,20 +40,12 @@ class Engine:
         self.config = config
         self.now_ms: int | None = None
         self.states: dict[MailboxKey, MailboxState] = {}
-        self._directory: dict[MailboxKey, DirectoryEntry] = {}
-        self._settings: dict[str, TenantSettings] = {}
+        #: The directory and tenant settings known at `now_ms` (the PolicyContext).
+        self.lookups = Directory()
         # (until, tie-breaker, key) for every timed block in force.
         self._expiries: list[tuple[int, int, MailboxKey]] = []
         self._pushed = 0
         self._created_since_sweep = 0
-
-    # -- PolicyContext -------------------------------------------------------
-    def owner_of(self, key: MailboxKey) -> DirectoryEntry | None:
-        return self._directory.get(key)
-
-    def synchronized_security(self, tenant_id: str) -> bool | None:
-        settings = self._settings.get(tenant_id)
-        return None if settings is None else settings.synchronized_security
 
     # -- inputs ----------------------------------------------------------------
     def advance(self, at_ms: int) -> list[Decision]:
@@ -81,7 +74,7 @@ class Engine:
             return _NOT_QUALIFYING, decisions
         assert self.now_ms is not None
         state = self._state(verdict.key)
-        outcome, more = step_verdict(self.config, state, verdict, self.now_ms, self)
+        outcome, more = step_verdict(self.config, state, verdict, self.now_ms, self.lookups)
         for decision in more:
             if isinstance(decision, Block) and decision.until_ms is not None:
                 self._pushed += 1
@@ -94,16 +87,13 @@ class Engine:
     def directory(self, entry: DirectoryEntry) -> list[Decision]:
         """The owner and devices from `entry.at_ms` on; an older entry never replaces a newer."""
         decisions = self.advance(entry.at_ms)
-        known = self._directory.get(entry.key)
-        if known is None or entry.at_ms >= known.at_ms:
-            self._directory[entry.key] = entry
+        self.lookups.put_directory(entry)
         return decisions
 
     def settings(self, settings: TenantSettings) -> list[Decision]:
+        """The tenant's setting from `settings.at_ms` on; older ones never replace newer."""
         decisions = self.advance(settings.at_ms)
-        known = self._settings.get(settings.tenant_id)
-        if known is None or settings.at_ms >= known.at_ms:
-            self._settings[settings.tenant_id] = settings
+        self.lookups.put_settings(settings)
         return decisions
 
     def release(self, request: Release) -> tuple[list[Decision], ReleaseRefused | None]:

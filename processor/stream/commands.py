@@ -201,7 +201,7 @@ def run_worker(
         raise click.ClickException(str(error)) from None
     log.info(
         "directory: %d mailbox(es), settings: %d tenant(s)",
-        len(lookups.directory),
+        len(lookups.owners),
         len(lookups.settings),
     )
     reader.start()

@@ -9,6 +9,7 @@ from processor.policy import (
     Alert,
     Block,
     Direction,
+    Directory,
     MailboxKey,
     MailboxState,
     Outcome,
@@ -244,7 +245,7 @@ def test_rule7_a_skewed_future_timestamp_is_treated_as_now() -> None:
     #   now = 10:00; a verdict stamped 12:00 (2 h ahead) counts as 10:00, so H stays 10:00
     #   and later honest verdicts are not late.
     config, state, now = PolicyConfig(), MailboxState(), t("10:00")
-    context = Run().engine
+    context = Directory()
     step_verdict(config, state, verdict("skewed", "12:00"), now, context)
     assert state.high_water_ms == now
     assert state.window.entries == [(now, "skewed")]
