@@ -34,6 +34,7 @@ from processor.policy.machine import (
     PolicyContext,
     ReleaseRefused,
     expire,
+    refusal_report_id,
     release,
     step_verdict,
 )
@@ -66,6 +67,7 @@ __all__ = [
     "expire",
     "normalise_mailbox",
     "parse_duration",
+    "refusal_report_id",
     "release",
     "step_verdict",
 ]

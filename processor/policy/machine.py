@@ -166,7 +166,7 @@ def release(
             event="release_refused",
             offense=state.offenses or None,
             until_ms=state.blocked_until_ms,
-            report_id=decision_id(key, state.sequence, f"release_refused@{request.at_ms}"),
+            report_id=refusal_report_id(state, request),
             actor=request.actor,
             reason=reason,
         )
@@ -177,6 +177,15 @@ def release(
     decisions.extend(_unblock(state, key, now_ms, "released", request.actor, request.reason))
     state.offenses = 0
     return decisions, None
+
+
+def refusal_report_id(state: MailboxState, request: Release) -> str:
+    """The id of the `release_refused` report if `request` is refused against `state`.
+
+    It depends only on the mailbox, its block sequence and the request's own time, so
+    whoever publishes a release can know the refusal's id before the policy decides.
+    """
+    return decision_id(request.key, state.sequence, f"release_refused@{request.at_ms}")
 
 
 def _block(
