@@ -7,6 +7,7 @@ down ends at once, stamped with its own `until`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from processor.policy.window import SlidingWindow
@@ -51,9 +52,6 @@ class MailboxState:
     def blocked(self) -> bool:
         return self.permanent or self.blocked_until_ms is not None
 
-    def block_is_due(self, now_ms: int) -> bool:
-        return self.blocked_until_ms is not None and self.blocked_until_ms <= now_ms
-
     def evictable(self, now_ms: int, window_ms: int) -> bool:
         """Rule 6: the state of a quiet mailbox may be forgotten, so memory stays bounded.
 
@@ -89,6 +87,18 @@ class MailboxState:
             "allowlist_hits": self.allowlist_hits,
             "window": [[at, mid] for at, mid in self.window.entries],
         }
+
+    @staticmethod
+    def block_of_record(record: Mapping[str, Any] | None) -> tuple[bool, int | None]:
+        """`(permanent, until)` of the block in force in a stored `to_record()` dict,
+        read without building the state: `(True, None)` for a permanent block,
+        `(False, until)` for a timed one, `(False, None)` for none (or no record)."""
+        if record is None:
+            return False, None
+        if record.get("permanent"):
+            return True, None
+        until = record.get("until")
+        return False, until if isinstance(until, int) else None
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> MailboxState:
