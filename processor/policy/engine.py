@@ -11,7 +11,6 @@ share every rule through it.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterator
 
 from processor.policy.config import PolicyConfig
 from processor.policy.decisions import Block, Decision
@@ -121,10 +120,6 @@ class Engine:
         if isinstance(event, Release):
             return self.release(event)
         return self.tick(event.at_ms), None
-
-    # -- inspection ------------------------------------------------------------
-    def blocked(self) -> Iterator[tuple[MailboxKey, MailboxState]]:
-        return ((key, s) for key, s in self.states.items() if s.blocked)
 
     def _state(self, key: MailboxKey) -> MailboxState:
         state = self.states.get(key)
