@@ -67,6 +67,8 @@ class PolicyConfig:
     permanent_on_offense: int = 6
     default_synchronized_security: bool = True
     allowlist: frozenset[str] = field(default_factory=frozenset)
+    #: A verdict scanned longer ago than this, by the clock, is late (rules 1 and 6).
+    max_lateness_ms: int = 24 * 60 * 60_000
 
     def block_duration_ms(self, offense: int) -> int | None:
         """How long the block for this offense lasts; None when it is permanent."""
@@ -98,6 +100,7 @@ class PolicyConfig:
             "permanent_on_offense",
             "default_synchronized_security",
             "allowlist",
+            "max_lateness",
         }
         for key in settings:
             if key not in known:
@@ -126,6 +129,8 @@ class PolicyConfig:
             values["default_synchronized_security"] = flag
         if "allowlist" in settings:
             values["allowlist"] = _allowlist(settings["allowlist"])
+        if "max_lateness" in settings:
+            values["max_lateness_ms"] = parse_duration(settings["max_lateness"], "max_lateness")
         return cls(**values)  # type: ignore[arg-type]
 
     def to_mapping(self) -> dict[str, object]:
@@ -138,6 +143,7 @@ class PolicyConfig:
             "permanent_on_offense": self.permanent_on_offense,
             "default_synchronized_security": self.default_synchronized_security,
             "allowlist": sorted(self.allowlist),
+            "max_lateness": format_duration(self.max_lateness_ms),
         }
 
 

@@ -21,7 +21,8 @@ def test_defaults_are_those_of_the_policy() -> None:
         config.permanent_on_offense,
         config.default_synchronized_security,
         config.allowlist,
-    ) == (5, 600_000, 3_600_000, 2, 6, True, frozenset())
+        config.max_lateness_ms,
+    ) == (5, 600_000, 3_600_000, 2, 6, True, frozenset(), 86_400_000)
     assert [config.block_duration_ms(n) for n in range(1, 7)] == [
         3_600_000,
         7_200_000,
@@ -60,11 +61,18 @@ def test_every_key_is_optional_and_read_from_yaml(tmp_path: Path) -> None:
     path.write_text(
         "threshold: 3\nwindow: 20s\nfirst_block: 3s\ngrowth_factor: 3\n"
         "permanent_on_offense: 4\ndefault_synchronized_security: false\n"
-        "allowlist: ['Boss@Example.com', '@trusted.example']\n"
+        "allowlist: ['Boss@Example.com', '@trusted.example']\nmax_lateness: 6h\n"
     )
     config = load_policy(path)
     assert config == PolicyConfig(
-        3, 20_000, 3_000, 3, 4, False, frozenset({"boss@example.com", "@trusted.example"})
+        3,
+        20_000,
+        3_000,
+        3,
+        4,
+        False,
+        frozenset({"boss@example.com", "@trusted.example"}),
+        6 * 3_600_000,
     )
     assert PolicyConfig.from_mapping(config.to_mapping()) == config
     empty = tmp_path / "empty.yaml"
@@ -85,6 +93,8 @@ def test_every_key_is_optional_and_read_from_yaml(tmp_path: Path) -> None:
         ({"allowlist": "a@b.c"}, "allowlist"),
         ({"allowlist": ["not-an-address"]}, "allowlist"),
         ({"first_block": 3600}, "first_block"),
+        ({"max_lateness": "0s"}, "max_lateness"),
+        ({"max_lateness": 86400}, "max_lateness"),
     ],
 )
 def test_bad_settings_name_the_setting(settings: dict[str, object], named: str) -> None:
