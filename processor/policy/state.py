@@ -52,27 +52,6 @@ class MailboxState:
     def blocked(self) -> bool:
         return self.permanent or self.blocked_until_ms is not None
 
-    def evictable(self, now_ms: int, window_ms: int) -> bool:
-        """Rule 6: the state of a quiet mailbox may be forgotten, so memory stays bounded.
-
-        Required: no offense, no block, and H and the last unblock or release more
-        than two windows behind `now_ms`. Also required: the mailbox was never
-        blocked or allowlisted, because the counters behind decision ids must
-        survive (rule 13). Window entries are all at or before H, so they are old
-        too: only a verdict delayed by more than a window behind the clock could
-        still have joined them. We forget them anyway — otherwise every mailbox
-        that ever sent one stray spam would be kept forever (README, "Policy choices").
-        """
-        horizon = now_ms - 2 * window_ms
-        return (
-            self.offenses == 0
-            and self.sequence == 0
-            and self.allowlist_hits == 0
-            and not self.blocked
-            and (self.high_water_ms is None or self.high_water_ms < horizon)
-            and (self.counts_from_ms is None or self.counts_from_ms < horizon)
-        )
-
     def to_record(self) -> dict[str, Any]:
         """A JSON-friendly dict (the Faust table value)."""
         return {
