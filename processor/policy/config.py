@@ -7,19 +7,31 @@ set of rules and one set of error messages.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
+from fractions import Fraction
 
-from processor.policy.events import MailboxKey, normalise_mailbox
+from processor.policy.events import MAX_DURATION_MS, MailboxKey, normalise_mailbox
 
 #: Milliseconds per duration unit (policy file and topics.yaml alike).
 DURATION_UNITS_MS = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$", re.ASCII)
 
 
 class PolicyConfigError(ValueError):
     """A policy setting is unknown or has a bad value; the message names it."""
+
+
+def shown(value: object, limit: int = 60) -> str:
+    """`repr(value)`, cut to about `limit` characters: an error message quotes what it
+    refuses, but a refused value may be megabytes long."""
+    if isinstance(value, int) and abs(value) >= 10**limit:
+        return "<a huge number>"  # (and repr of one of over 4300 digits would raise)
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 5]}…{text[-4:]} ({len(text)} chars)"
 
 
 def split_duration(text: object) -> tuple[str, str] | None:
@@ -30,7 +42,7 @@ def split_duration(text: object) -> tuple[str, str] | None:
 
 
 def parse_duration(text: object, setting: str = "duration") -> int:
-    """`'500ms' | '30s' | '10m' | '1h' | '2d'` -> milliseconds (> 0).
+    """`'500ms' | '30s' | '10m' | '1h' | '2d'` -> milliseconds, from 1 ms to MAX_DURATION_MS.
 
     Raises PolicyConfigError naming `setting` for anything else, including a bare
     number: a duration without its unit is ambiguous.
@@ -38,13 +50,21 @@ def parse_duration(text: object, setting: str = "duration") -> int:
     parts = split_duration(text)
     if parts is None:
         raise PolicyConfigError(
-            f"{setting}: {text!r} is not a duration; write a number with a unit "
+            f"{setting}: {shown(text)} is not a duration; write a number with a unit "
             "(500ms, 30s, 10m, 1h, 2d)"
         )
     number, unit = parts
-    value = float(number) * DURATION_UNITS_MS[unit]
-    if value < 1 or not value.is_integer():
-        raise PolicyConfigError(f"{setting}: {text!r} must be a whole number of milliseconds >= 1")
+    # Exact arithmetic (no float rounding; Decimal reads any number of digits).
+    value = Fraction(Decimal(number)) * DURATION_UNITS_MS[unit]
+    if value < 1 or value.denominator != 1:
+        raise PolicyConfigError(
+            f"{setting}: {shown(text)} must be a whole number of milliseconds >= 1"
+        )
+    if value > MAX_DURATION_MS:
+        raise PolicyConfigError(
+            f"{setting}: {shown(text)} is longer than {format_duration(MAX_DURATION_MS)}, "
+            "the longest duration the policy accepts"
+        )
     return int(value)
 
 
@@ -69,6 +89,20 @@ class PolicyConfig:
     allowlist: frozenset[str] = field(default_factory=frozenset)
     #: A verdict scanned longer ago than this, by the clock, is late (rules 1 and 6).
     max_lateness_ms: int = 24 * 60 * 60_000
+
+    def __post_init__(self) -> None:
+        """Raises PolicyConfigError when a timed block would last longer than
+        MAX_DURATION_MS (so its end is always a representable time)."""
+        last_timed = self.permanent_on_offense - 1
+        if last_timed >= 1 and _longer_than_allowed(
+            self.first_block_ms, self.growth_factor, last_timed - 1
+        ):
+            raise PolicyConfigError(
+                f"growth_factor: the block of offense {last_timed} would last "
+                f"first_block × growth_factor^{last_timed - 1}, longer than "
+                f"{format_duration(MAX_DURATION_MS)} (the longest timed block the policy "
+                "accepts); lower growth_factor, first_block or permanent_on_offense"
+            )
 
     def block_duration_ms(self, offense: int) -> int | None:
         """How long the block for this offense lasts; None when it is permanent."""
@@ -105,7 +139,7 @@ class PolicyConfig:
         for key in settings:
             if key not in known:
                 raise PolicyConfigError(
-                    f"{key}: unknown setting (known: {', '.join(sorted(known))})"
+                    f"{str(key)[:60]}: unknown setting (known: {', '.join(sorted(known))})"
                 )
         values: dict[str, object] = {}
         if "threshold" in settings:
@@ -124,7 +158,7 @@ class PolicyConfig:
             flag = settings["default_synchronized_security"]
             if not isinstance(flag, bool):
                 raise PolicyConfigError(
-                    f"default_synchronized_security: {flag!r} must be true or false"
+                    f"default_synchronized_security: {shown(flag)} must be true or false"
                 )
             values["default_synchronized_security"] = flag
         if "allowlist" in settings:
@@ -149,24 +183,47 @@ class PolicyConfig:
 
 def _positive_int(value: object, setting: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise PolicyConfigError(f"{setting}: {value!r} must be a whole number >= 1")
+        raise PolicyConfigError(f"{setting}: {shown(value)} must be a whole number >= 1")
     return value
 
 
 def _growth_factor(value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 1:
-        raise PolicyConfigError(f"growth_factor: {value!r} must be a number >= 1")
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not 1 <= value < math.inf
+        or (isinstance(value, int) and value > MAX_DURATION_MS)  # float() would overflow
+    ):
+        raise PolicyConfigError(f"growth_factor: {shown(value)} must be a finite number >= 1")
     return value
+
+
+def _longer_than_allowed(first_block_ms: int, growth_factor: float, exponent: int) -> bool:
+    """Whether `first_block_ms * growth_factor ** exponent` exceeds MAX_DURATION_MS, decided
+    without computing a power that could overflow a float."""
+    if first_block_ms > MAX_DURATION_MS:
+        return True
+    if growth_factor == 1 or exponent == 0:
+        return False
+    # A margin for the logarithms' rounding; the exact product decides near the limit.
+    if (
+        math.log(first_block_ms) + exponent * math.log(growth_factor)
+        > math.log(MAX_DURATION_MS) + 1e-9
+    ):
+        return True
+    return round(first_block_ms * growth_factor**exponent) > MAX_DURATION_MS
 
 
 def _allowlist(value: object) -> frozenset[str]:
     if not isinstance(value, list):
-        raise PolicyConfigError(f"allowlist: {value!r} must be a list of addresses or '@domain'")
+        raise PolicyConfigError(
+            f"allowlist: {shown(value)} must be a list of addresses or '@domain'"
+        )
     entries = set()
     for item in value:
         if not isinstance(item, str) or "@" not in item or item.strip().endswith("@"):
             raise PolicyConfigError(
-                f"allowlist: {item!r} is neither an address (user@example.com) "
+                f"allowlist: {shown(item)} is neither an address (user@example.com) "
                 "nor a domain (@example.com)"
             )
         entries.add(normalise_mailbox(item))
