@@ -154,3 +154,13 @@ def test_file_errors_name_the_file(tmp_path: Path) -> None:
     deep.write_text("[" * 100_000)
     with pytest.raises(PolicyConfigError, match=r"deep\.yaml: not valid YAML: nested too deeply"):
         load_policy(deep)
+
+
+def test_the_specification_and_the_readme_show_every_setting() -> None:
+    root = Path(__file__).resolve().parents[2]
+    spec = (root / "docs" / "policy.md").read_text(encoding="utf-8")
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    for key, value in PolicyConfig().to_mapping().items():
+        shown_default = "[]" if value == [] else str(value).lower()
+        assert f"| `{key}` | `{shown_default}` |" in spec, key  # the configuration table
+        assert f"\n{key}: " in readme, key  # the README's policy file example
