@@ -2,11 +2,11 @@
 
 One JSON object per line; `type` is verdict, directory, settings, release or tick.
 Timestamps are ISO-8601 UTC strings (fractions allowed) or integer epoch
-milliseconds; enum values are case-insensitive. `parse_line` turns one line into a
-policy event or raises `ScenarioError` with the reason (POLICY.md, "simulate"),
-whatever the line holds: every field has a length limit (`processor.limits`),
-strings must be text (no lone surrogates), times must lie in 1970-01-01 ..
-MAX_INPUT_TIMESTAMP_MS, and refused values are quoted cut short.
+milliseconds; enum values are case-insensitive (docs/policy.md, "sendguard
+simulate"). `parse_line` turns one line into a policy event or raises
+`ScenarioError` with the reason, whatever the line holds: every field has a length
+limit (`processor.limits`), strings must be text (no lone surrogates), times must
+lie in 1970-01-01 .. MAX_INPUT_TIMESTAMP_MS, and refused values are quoted cut short.
 """
 
 from __future__ import annotations

@@ -52,8 +52,8 @@ class LineResult:
 
 
 def replay(lines: Iterable[str | bytes], engine: Engine) -> Iterator[LineResult]:
-    """Feed scenario lines, in order, through `engine` (POLICY.md, "simulate"), yielding
-    each non-blank line's result as soon as it is decided.
+    """Feed scenario lines, in order, through `engine` (docs/policy.md, "sendguard
+    simulate"), yielding each non-blank line's result as soon as it is decided.
 
     Never raises for what a line holds: a line that cannot be used is a rejected
     result, and the next line is read as usual.

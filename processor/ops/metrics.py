@@ -256,7 +256,7 @@ class Metrics:
                     ).inc()
                     if triggered_at_ms is not None:
                         # A scanned_at ahead of the worker's clock (scanner skew, up
-                        # to the 5 minutes POLICY.md rule 7 tolerates) would give a
+                        # to the 5 minutes docs/policy.md rule 7 tolerates) would give a
                         # negative time; the block was still sent at once, so it
                         # counts as 0 rather than pulling the sum below the truth.
                         self._latency.observe(max(0, now_ms - triggered_at_ms) / 1000)

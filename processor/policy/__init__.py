@@ -3,7 +3,7 @@
 Inputs are events (`processor.policy.events`), outputs are decisions
 (`processor.policy.decisions`). Nothing here reads a clock, sleeps, or does I/O:
 time is passed in as epoch milliseconds and decisions are returned to the caller,
-who sends them. `../shared/POLICY.md` is the specification this package implements.
+who sends them. `docs/policy.md` is the specification this package implements.
 """
 
 from processor.policy.config import PolicyConfig, PolicyConfigError, parse_duration

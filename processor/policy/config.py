@@ -1,4 +1,4 @@
-"""Policy settings: what the policy file may say, with POLICY.md's defaults.
+"""Policy settings: what the policy file may say, with the defaults of docs/policy.md.
 
 The file format (YAML) is read outside the core (`processor.policy_file`); this
 module validates the parsed mapping, so every way of loading a policy shares one
@@ -78,7 +78,7 @@ def format_duration(ms: int) -> str:
 
 @dataclass(frozen=True, slots=True)
 class PolicyConfig:
-    """The lockout policy's settings (POLICY.md, "Defaults")."""
+    """The lockout policy's settings (docs/policy.md, "Configuration")."""
 
     threshold: int = 5
     window_ms: int = 10 * 60_000

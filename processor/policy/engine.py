@@ -3,9 +3,9 @@
 The engine owns every mailbox's state, the directory and tenant settings, and a
 clock that never goes backwards. Before an input with time `t` is handled, every
 timed block with `until <= t` ends, in order of `until`, each stamped with its own
-`until`; then `now = max(now, t)` (POLICY.md, "simulate"). States that rule 6 lets
-go are forgotten from time to time (`forget`), by the same test the worker uses.
-The live worker keeps state in Faust tables instead and calls
+`until`; then `now = max(now, t)` (docs/policy.md, "sendguard simulate"). States
+that rule 6 lets go are forgotten from time to time (`forget`), by the same test
+the worker uses. The live worker keeps state in Faust tables instead and calls
 `processor.policy.machine` directly; both share every rule through it.
 """
 

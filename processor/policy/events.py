@@ -2,7 +2,7 @@
 
 All times are epoch milliseconds, UTC (`*_ms`). Mailbox addresses are normalised
 (stripped, lower-cased) when an event is built with `MailboxKey.of`; tenant ids are
-compared as given (POLICY.md, "Mailbox key").
+compared as given (docs/policy.md, "Terms").
 """
 
 from __future__ import annotations

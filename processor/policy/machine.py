@@ -1,6 +1,6 @@
 """The lockout state machine: one mailbox, one event, the decisions it requires.
 
-Theory of operation (POLICY.md is the specification; rule numbers refer to it):
+Theory of operation (docs/policy.md is the specification; rule numbers refer to it):
 
     verdict ──► qualifies? ──no──► NOT_QUALIFYING (no state touched)
                    │ yes
@@ -149,7 +149,7 @@ def _first_useful(config: PolicyConfig, high_water_ms: int, now_ms: int) -> int:
 
     An entry at `a` can share an interval `(x - window, x]` only with a verdict scanned
     before `a + window`. Every verdict still to come is scanned after `H - window`
-    (rule 1), so entries at or before `H - 2 * window` can never matter; POLICY.md's
+    (rule 1), so entries at or before `H - 2 * window` can never matter; rule 6's
     cut is "older than `H - 2 * window`", and the one entry exactly there is kept
     too. Every verdict still to come is also scanned at or after `now - max_lateness`
     (rule 1), so entries with `a + window <= now - max_lateness` can never matter

@@ -1,4 +1,4 @@
-"""A deliberately naive, literal model of /work/shared/POLICY.md (test oracle only).
+"""A deliberately naive, literal model of docs/policy.md (test oracle only).
 
 Written from the specification alone, without reading the policy core's bodies.
 It is slow on purpose: every counted verdict of a mailbox is kept in a plain list,
@@ -9,7 +9,7 @@ Decisions are plain tuples, so a test can compare them with the engine's
 decisions converted by `canonical` (ids are left out: the model does not know how
 ids are derived).
 
-Choices where POLICY.md is silent or ambiguous (each one is reported):
+Choices where docs/policy.md's rules are silent or ambiguous (each one is reported):
 - H (the high-water mark) is raised by every qualifying verdict that is not late,
   including those ignored while blocked, before a reset, or as duplicates
   ("the largest scanned_at of any qualifying verdict *seen*").

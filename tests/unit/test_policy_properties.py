@@ -1,11 +1,11 @@
-"""Property tests of the policy core against POLICY.md.
+"""Property tests of the policy core against docs/policy.md.
 
 The centre is a stateful comparison: hypothesis drives `Engine` and a deliberately
 naive, literal model of the specification (`naive_policy.NaivePolicy`) with the
 same random inputs and asserts the same decisions, in the same order, after every
 step. At the end of every run the same inputs are replayed through a fresh engine
 (ids must repeat) and through `simulate.run` as scenario lines (same decisions).
-Spec choices the model makes where POLICY.md is silent are listed in naive_policy.
+Spec choices the model makes where the rules are silent are listed in naive_policy.
 """
 
 from __future__ import annotations

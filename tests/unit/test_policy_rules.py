@@ -1,4 +1,4 @@
-"""POLICY.md, rule by rule. Each test names the rule it pins; timelines use a 10-minute
+"""docs/policy.md, rule by rule. Each test names the rule it pins; timelines use a 10-minute
 window and a threshold of 5 unless the test says otherwise."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""`sendguard simulate`: the offline contract of POLICY.md, through the real command."""
+"""`sendguard simulate`: the offline contract of docs/policy.md, through the real command."""
 
 from __future__ import annotations
 
