@@ -69,9 +69,9 @@ def define_timers(
                 rt.metrics.set_lag(tp.topic, tp.partition, max(0, lag))
 
     # Rule 6 sweep. A state becomes forgettable `max_lateness + window` after its last
-    # counted activity (a day and ten minutes by default), so sweeping each window would
-    # mostly re-read states that are not due; once in 1/24 of max_lateness (an hour by
-    # default), but at least each minute and each window, forgets them soon enough.
+    # qualifying verdict (a day and ten minutes by default), so sweeping each window
+    # would mostly re-read states that are not due: sweep once per 1/24 of max_lateness
+    # (an hour by default), but never more often than once a minute or once a window.
     policy = rt.policy
     sweep_s = max(60.0, policy.window_ms / 1000, policy.max_lateness_ms / 24_000)
 
