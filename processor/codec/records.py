@@ -30,6 +30,7 @@ from processor.policy.decisions import (
     visit,
 )
 from processor.policy.events import (
+    MAX_TIMESTAMP_MS,
     Direction,
     DirectoryEntry,
     MailboxKey,
@@ -39,9 +40,6 @@ from processor.policy.events import (
     VerdictKind,
     normalise_mailbox,
 )
-
-# 9999-12-31T23:59:59.999Z: later (or negative) event times are a broken clock, not data.
-MAX_TIMESTAMP_MS = 253_402_300_799_999
 
 _DIRECTIONS = {d.value: d for d in Direction}
 _VERDICTS = {v.value: v for v in VerdictKind}

@@ -287,7 +287,7 @@ class _DecisionCounter:
         self.metrics._blocks.labels(str(d.offense), _bool_label(d.permanent)).inc()
         if self.triggered_at_ms is not None:
             # A scanned_at ahead of the worker's clock (scanner skew, up to the 5
-            # minutes POLICY.md rule 7 tolerates) would give a negative time; the
+            # minutes docs/policy.md rule 7 tolerates) would give a negative time; the
             # block was still sent at once, so it counts as 0 rather than pulling
             # the sum below the truth.
             self.metrics._latency.observe(max(0, self.now_ms - self.triggered_at_ms) / 1000)

@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
     type=click.Path(dir_okay=False, exists=True),
     envvar="SENDGUARD_POLICY",
     show_envvar=True,
-    help="Policy file (YAML); the defaults of POLICY.md when omitted.",
+    help="Policy file (YAML); the defaults of docs/policy.md when omitted.",
 )
 @click.option(
     "--store",
@@ -201,7 +201,7 @@ def run_worker(
         raise click.ClickException(str(error)) from None
     log.info(
         "directory: %d mailbox(es), settings: %d tenant(s)",
-        len(lookups.directory),
+        len(lookups.owners),
         len(lookups.settings),
     )
     reader.start()

@@ -21,6 +21,7 @@ from processor.policy import (
     ReleaseRefused,
     Verdict,
     expire,
+    forgettable,
     release,
     step_verdict,
 )
@@ -28,6 +29,8 @@ from processor.stream.events import ExpiryTick, MailboxEvent, SweepTick
 
 #: What the agent does with the table after a step.
 KEEP, STORE, DELETE = "keep", "store", "delete"
+#: The record of a mailbox never seen: a step that leaves it so stores nothing.
+_FRESH = MailboxState().to_record()
 
 
 @dataclass(slots=True)
@@ -52,8 +55,9 @@ def handle(
     """Apply `event` at `now_ms` to the state `stored` (a `MailboxState.to_record()`).
 
     A refused release's `release_refused` report is appended to the decisions, so
-    it is sent like any other output. The state is stored only when it changed, and
-    a mailbox never seen before is not created by a release or a tick.
+    it is sent like any other output. The state is stored only when it changed, so
+    a mailbox never seen before is not created by a release, a tick or a late
+    verdict. A sweep tick deletes the state when rule 6 allows (`forgettable`).
     """
     state = MailboxState.from_record(stored) if stored is not None else MailboxState()
     step = Step()
@@ -68,10 +72,10 @@ def handle(
         step.decisions = expire(state, event.key, now_ms)
     elif isinstance(event, SweepTick):
         step.decisions = expire(state, event.key, now_ms)
-        if stored is not None and state.evictable(now_ms, config.window_ms):
+        if stored is not None and forgettable(config, state, now_ms):
             step.action = DELETE
             return step
     record = state.to_record()
-    if record != stored and (stored is not None or isinstance(event, Verdict)):
+    if record != (stored if stored is not None else _FRESH):
         step.action, step.record = STORE, record
     return step

@@ -34,7 +34,7 @@ _IGNORED = {
 
 
 def wall_ms() -> int:
-    """The live clock (POLICY.md: live `now` is wall-clock time)."""
+    """The live clock (docs/policy.md: live `now` is wall-clock time)."""
     return int(time.time() * 1000)
 
 

@@ -39,6 +39,7 @@ from yarl import URL
 
 from processor.codec import records
 from processor.codec.wire import Codec
+from processor.limits import MAX_ACTOR, MAX_REASON
 from processor.ops.auth import (
     ADMIN_ENV,
     STATUS_COOKIE,
@@ -69,8 +70,6 @@ log = logging.getLogger(__name__)
 
 #: Set on a forwarded request; the receiver answers it itself, whatever it thinks.
 ROUTED_HEADER = "X-Sendguard-Routed"
-#: Longest actor / reason accepted (they end up in every audit record).
-MAX_ACTOR, MAX_REASON = 200, 2000
 #: How long a release waits for the agent's report before answering 202.
 RELEASE_WAIT_S = 15.0
 

@@ -26,7 +26,7 @@ from processor.stream.connection import (
     topic_prefix_option,
 )
 
-# The field holding each line type's time (scenario format, POLICY.md "simulate").
+# The field holding each line type's time (scenario format, docs/policy.md "sendguard simulate").
 _TIME_FIELD = {"verdict": "scanned_at"}
 
 

@@ -14,6 +14,7 @@ from processor.policy import (
     Direction,
     DirectoryEntry,
     MailboxKey,
+    Outcome,
     PolicyConfig,
     Release,
     Report,
@@ -139,17 +140,38 @@ def test_an_expiry_tick_unblocks_at_until_even_when_late() -> None:
 
 
 def test_a_sweep_deletes_only_state_that_may_be_forgotten() -> None:
+    #   10:00 one stray spam; rule 6 (window 10 min, max_lateness 1 d): forgettable from
+    #   +1d 10:10:00.001 on, by the same `forgettable` the engine of `simulate` uses
     config = PolicyConfig()
     first = handle(config, None, verdict("m0", "10:00"), t("10:00"), Directory())
     assert first.action == STORE
-    early = handle(config, first.record, SweepTick(ALICE), t("10:20"), Directory())
+    early = handle(config, first.record, SweepTick(ALICE), t("+1d 10:10"), Directory())
     assert early.action == KEEP
-    late = handle(config, first.record, SweepTick(ALICE), t("10:21"), Directory())
+    late = handle(config, first.record, SweepTick(ALICE), t("+1d 10:10:00.001"), Directory())
     assert late.action == DELETE
     offender, _ = _burst(config)
     kept = handle(config, offender, SweepTick(ALICE), t("+9d 10:00"), Directory())
     assert kept.action == STORE  # the block expired on the way; the offense is kept
     assert kept.record is not None and kept.record["offenses"] == 1
+
+
+def test_a_backlogged_verdict_completes_a_window_the_sweep_kept() -> None:
+    #   10:00 … 10:03 four spam; at 10:45 (more than two windows on) the sweep keeps the
+    #   state, and a verdict scanned 10:04 arriving from a backlog completes the window
+    config = PolicyConfig()
+    stored = None
+    for i in range(4):
+        step = handle(config, stored, verdict(f"m{i}", f"10:0{i}"), t(f"10:0{i}"), Directory())
+        stored = step.record
+    assert handle(config, stored, SweepTick(ALICE), t("10:45"), Directory()).action == KEEP
+    step = handle(config, stored, verdict("backlog", "10:04"), t("10:45"), Directory())
+    assert isinstance(step.decisions[0], Block) and step.decisions[0].at_ms == t("10:45")
+
+
+def test_a_late_verdict_of_an_unknown_mailbox_stores_nothing() -> None:
+    config = PolicyConfig()
+    step = handle(config, None, verdict("old", "10:00"), t("+1d 10:00:00.001"), Directory())
+    assert (step.outcome, step.action, step.decisions) == (Outcome.LATE, KEEP, [])
 
 
 # ------------------------------------------------------------- replays ---
