@@ -50,9 +50,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
-from processor.codec.records import MAX_TIMESTAMP_MS
 from processor.mail.tenants import TenantMap
-from processor.policy.events import Direction, MailboxKey, Verdict, VerdictKind
+from processor.policy.events import (
+    MAX_TIMESTAMP_MS,
+    Direction,
+    MailboxKey,
+    Verdict,
+    VerdictKind,
+)
 
 MappingReason = Literal[
     "body_too_large",
