@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import faust
 
-from processor.stream import faust_fixes
+from processor.stream import aiokafka_fixes, faust_fixes
 from processor.stream.settings import WorkerSettings
 
 
 def create_app(settings: WorkerSettings) -> faust.App:
     faust_fixes.install()
+    aiokafka_fixes.install()
     connection = settings.connection
     return faust.App(
         settings.names.app_id,

@@ -168,6 +168,7 @@ def run_worker(
     from processor.stream.app import create_app
     from processor.stream.edge import EdgeConfig
     from processor.stream.edge_process import EdgeSupervisor
+    from processor.stream.librdkafka_settings import worker_client_settings
     from processor.stream.lookups import LookupReader, Lookups
     from processor.stream.outputs import Outputs
     from processor.stream.runtime import Runtime
@@ -177,7 +178,9 @@ def run_worker(
     from processor.stream.web import WebContext, define_web
 
     configure_logging(loglevel)
-    names, client_config = settings.names, settings.connection.confluent()
+    names = settings.names
+    # Slower reconnects and librdkafka's lines in our (capped) log: see librdkafka_settings.
+    client_config = {**settings.connection.confluent(), **worker_client_settings()}
     try:
         partitions = ensure_internal_topic(
             client_config, names.mailbox_events, settings.partitions, settings.replication_factor

@@ -223,6 +223,32 @@ class WorkerProcess:
             stop_process_group(self.process)
 
 
+# -- cost of a process tree ----------------------------------------------------------
+
+
+def process_tree_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) used so far by `pid` and all its descendants, the
+    ones that already exited included (/proc: a process's own time plus the time of
+    its children it has waited for). The difference of two readings is what the tree
+    used in between, even if a child died and was replaced meanwhile."""
+    stats = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                text = (entry / "stat").read_text()
+            except OSError:
+                continue  # exited while we looked
+            # The command name (field 2) may hold spaces and parentheses: split after it.
+            fields = text.rsplit(")", 1)[1].split()
+            stats[int(entry.name)] = (int(fields[1]), sum(int(f) for f in fields[11:15]))
+    tree, grew = {pid}, True
+    while grew:
+        children = {p for p, (ppid, _) in stats.items() if ppid in tree} - tree
+        tree |= children
+        grew = bool(children)
+    return sum(stats[p][1] for p in tree if p in stats) / os.sysconf("SC_CLK_TCK")
+
+
 # -- expectations --------------------------------------------------------------------
 
 
