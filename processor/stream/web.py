@@ -42,6 +42,7 @@ from processor.codec.wire import Codec
 from processor.ops.auth import (
     ADMIN_ENV,
     STATUS_COOKIE,
+    STATUS_COOKIE_TTL_MS,
     SUPPORT_ENV,
     Denied,
     Tokens,
@@ -349,7 +350,7 @@ class WorkerWeb:
         query_token = request.query.get("token")
         if query_token is not None:
             return self.status_cookie_redirect(query_token)
-        if not check_status_cookie(request.cookies.get(STATUS_COOKIE), token):
+        if not check_status_cookie(request.cookies.get(STATUS_COOKIE), token, wall_ms()):
             denied = self.admin_denied(request)
             if denied is not None:
                 return _denied(denied)
@@ -373,8 +374,9 @@ class WorkerWeb:
         response = aioweb.Response(status=303, headers={**PAGE_HEADERS, "Location": "/status"})
         response.set_cookie(
             STATUS_COOKIE,
-            status_cookie(token),
+            status_cookie(token, wall_ms()),
             path="/status",
+            max_age=STATUS_COOKIE_TTL_MS // 1000,
             httponly=True,
             samesite="Strict",
         )
