@@ -181,6 +181,8 @@ def start_worker(
         **os.environ,
         "SENDGUARD_ADMIN_TOKEN": tokens.admin,
         "SENDGUARD_SUPPORT_TOKEN": tokens.support,
+        # The worker signs the releases it sends with this key and verifies them.
+        "SENDGUARD_ACTION_KEYS": f"demo:{secrets.token_urlsafe(32)}",
     }
     # fmt: off
     command = [

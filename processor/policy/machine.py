@@ -166,7 +166,7 @@ def release(
             event="release_refused",
             offense=state.offenses or None,
             until_ms=state.blocked_until_ms,
-            report_id=decision_id(key, state.sequence, f"release_refused@{request.at_ms}"),
+            report_id=decision_id(key, state.sequence, _refusal_action(request)),
             actor=request.actor,
             reason=reason,
         )
@@ -177,6 +177,13 @@ def release(
     decisions.extend(_unblock(state, key, now_ms, "released", request.actor, request.reason))
     state.offenses = 0
     return decisions, None
+
+
+def _refusal_action(request: Release) -> str:
+    """The id part of a refusal: its time, and the request's action id when it has one
+    (two refused attempts in the same millisecond are two audit records)."""
+    action = f"release_refused@{request.at_ms}"
+    return f"{action}#{request.action_id}" if request.action_id else action
 
 
 def _block(

@@ -18,6 +18,7 @@ from processor.stream.connection import (
     schema_registry_option,
     topic_prefix_option,
 )
+from processor.stream.secret_options import action_keys_from, action_keys_options
 from processor.stream.settings import STORES, WorkerSettings
 from processor.stream.topics import TopicNames
 
@@ -123,6 +124,7 @@ log = logging.getLogger(__name__)
     show_envvar=True,
     help="Bearer token of support releases (POST .../release); unset: disabled.",
 )
+@action_keys_options
 def worker(**options: Any) -> None:
     """Run the live worker until interrupted (SIGINT/SIGTERM)."""
     connection = connection_from_options(options)
@@ -142,6 +144,7 @@ def worker(**options: Any) -> None:
         partitions=options["partitions"],
         replication_factor=options["replication_factor"],
         instance_id=options["instance_id"] or None,
+        action_keys=action_keys_from(options),
     )
     from processor.ops.auth import Tokens
 
@@ -233,13 +236,17 @@ def run_worker(
                 batch_size=settings.edge_batch_size,
                 session_timeout_s=settings.session_timeout_s,
                 instance_id=settings.instance_id,
+                action_keys=settings.action_keys,
             ),
             rt.add_edge_counts,
         )
     define_lockout_agent(app, rt)
     define_timers(app, rt, supervisor, settings.expiry_interval_s)
     rt.on_decisions.append(log_decisions)
-    define_web(app, WebContext(rt, tokens or Tokens(), codec, RecentEvents()))
+    define_web(
+        app,
+        WebContext(rt, tokens or Tokens(), codec, RecentEvents(), action_keys=settings.action_keys),
+    )
     if supervisor is not None:
         supervisor.start()
     try:

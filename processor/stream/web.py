@@ -29,7 +29,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import faust
@@ -38,6 +38,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from yarl import URL
 
 from processor.codec import records
+from processor.codec.action_signing import KEYS_ENV, ActionKeys
 from processor.codec.wire import Codec
 from processor.ops.auth import (
     ADMIN_ENV,
@@ -84,6 +85,8 @@ class WebContext:
     tokens: Tokens
     codec: Codec
     recent: RecentEvents
+    #: Sign the support actions the API sends (none: releases are disabled).
+    action_keys: ActionKeys = field(default_factory=ActionKeys)
     #: Set by the table's first recovery (readiness).
     recovered: bool = False
 
@@ -248,6 +251,8 @@ class WorkerWeb:
         denied = self.support_denied(request)
         if denied is not None:
             return _denied(denied)
+        if not self.ctx.action_keys:
+            return _json(403, {"error": f"releases are disabled: start the worker with {KEYS_ENV}"})
         body = await request.read()
         try:
             payload = json.loads(body or b"null")
@@ -293,6 +298,7 @@ class WorkerWeb:
         """Send the SupportAction and answer with what the agent reports about it."""
         ctx, key = self.ctx, wanted.key
         name, value = records.record_of(wanted)
+        value = ctx.action_keys.sign(value)
         key_name, key_record = records.key_of(wanted)
         waiting = asyncio.ensure_future(
             ctx.recent.wait_for_any(

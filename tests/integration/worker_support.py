@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -54,6 +55,9 @@ class Deployment:
     bootstrap: str
     tmp: Path
     names: TopicNames
+    #: SENDGUARD_ACTION_KEYS of this deployment's workers and of `produce` (which
+    #: signs the scenario's releases with it).
+    action_keys: str = dataclasses.field(default_factory=lambda: f"it1:{secrets.token_urlsafe(32)}")
 
     @classmethod
     def create(cls, bootstrap: str, tmp: Path) -> Deployment:
@@ -63,6 +67,11 @@ class Deployment:
         apply_topics(KafkaConnection(bootstrap), specs)
         (tmp / "policy.yaml").write_text(POLICY_YAML)
         return cls(bootstrap, tmp, names)
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The environment of this deployment's processes (the test's, plus its keys)."""
+        return {**os.environ, "SENDGUARD_ACTION_KEYS": self.action_keys}
 
     @property
     def client(self) -> dict[str, Any]:
@@ -88,6 +97,7 @@ class Deployment:
             ],
             stdout=subprocess.DEVNULL,
             stderr=open(self.tmp / "produce.log", "ab"),
+            env=self.env,
         )
 
     def read(self, topic: str, idle_s: float = 2.0) -> list[dict[str, Any]]:
@@ -169,7 +179,7 @@ class WorkerProcess:
             stderr=subprocess.STDOUT,
             start_new_session=True,
             # Line by line: a SIGKILLed worker's last words are the ones that matter.
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**d.env, "PYTHONUNBUFFERED": "1"},
         )
         return self
 

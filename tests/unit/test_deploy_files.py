@@ -233,6 +233,7 @@ def test_alert_rules_exist_with_for_labels_and_annotations() -> None:
         "SendguardConsumerLagGrowing",
         "SendguardDeadLettersRising",
         "SendguardBlockStorm",
+        "SendguardUnauthenticatedSupportAction",
     }
     for name, rule in rules.items():
         assert re.fullmatch(r"\d+[smh]", rule["for"]), name
@@ -251,6 +252,7 @@ def test_worker_down_rule_watches_the_scrape_job() -> None:
         ("SendguardConsumerLagGrowing", "sendguard_consumer_lag"),
         ("SendguardDeadLettersRising", "sendguard_dead_letters_total"),
         ("SendguardBlockStorm", "sendguard_blocks_total"),
+        ("SendguardUnauthenticatedSupportAction", "sendguard_dead_letters_total"),
     ],
 )
 def test_each_rule_reads_its_metric(rule: str, metric: str) -> None:
