@@ -253,6 +253,7 @@ def test_worker_down_rule_watches_the_scrape_job() -> None:
         ("SendguardDeadLettersRising", "sendguard_dead_letters_total"),
         ("SendguardBlockStorm", "sendguard_blocks_total"),
         ("SendguardUnauthenticatedSupportAction", "sendguard_dead_letters_total"),
+        ("SendguardReleaseAuthFailures", "sendguard_release_attempts_total"),
     ],
 )
 def test_each_rule_reads_its_metric(rule: str, metric: str) -> None:
