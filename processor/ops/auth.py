@@ -39,14 +39,6 @@ _COOKIE_CONTEXT = b"sendguard status page cookie v2\x00"
 
 
 @dataclass(frozen=True, slots=True)
-class Tokens:
-    """The configured tokens; None (or empty) disables that role's endpoints."""
-
-    admin: str | None = None
-    support: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
 class Denied:
     """Why a request is refused: 401 (no or wrong token) or 403 (role disabled)."""
 

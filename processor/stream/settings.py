@@ -24,6 +24,9 @@ class WorkerSettings:
     store: str = "rocksdb"
     web_host: str = "127.0.0.1"
     web_port: int = 6066
+    #: How other workers reach this one (Faust's canonical_url); the default is
+    #: http://web_host:web_port.
+    advertised_url: str | None = None
     data_dir: Path = Path("sendguard-data")
     #: Partitions of the internal topic and the table changelog (fixed once created).
     partitions: int = 6
