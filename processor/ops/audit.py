@@ -42,6 +42,7 @@ OUTCOME_OF_STATUS: Final = {
     401: "unauthenticated",
     403: "forbidden",
     409: "refused",
+    413: "invalid_request",
 }
 OUTCOMES: Final = (*OUTCOME_OF_STATUS.values(), "unavailable")
 UNAUTHENTICATED_BURST = 30
@@ -52,7 +53,7 @@ log = logging.getLogger("sendguard.audit")
 
 
 def outcome_of(status: int) -> str:
-    """The outcome named by an HTTP status; any other (5xx, 413, 429 ...) is unavailable."""
+    """The outcome named by an HTTP status; any other (5xx ...) is unavailable."""
     return OUTCOME_OF_STATUS.get(status, "unavailable")
 
 

@@ -55,6 +55,7 @@ from processor.ops.auth import (
     check_status_cookie,
     status_cookie,
 )
+from processor.ops.peer_auth import Role
 from processor.ops.recent import RecentEvents
 from processor.ops.status import (
     ReleasePlan,
@@ -65,7 +66,6 @@ from processor.ops.status import (
     plan_release,
 )
 from processor.ops.status_page import PAGE_HEADERS, render_status_page
-from processor.ops.support_tokens import MAX_ACTOR
 from processor.policy import MailboxKey, Release, normalise_mailbox
 from processor.stream.events import decode_key, encode_key
 from processor.stream.routing import OnBehalfOf, PeerRouter
@@ -74,7 +74,7 @@ from processor.stream.runtime import Runtime, wall_ms
 log = logging.getLogger(__name__)
 
 #: Longest reason accepted (it ends up in every audit record); the actor is the
-#: token file's, at most MAX_ACTOR.
+#: token file's (`processor.ops.support_tokens.MAX_ACTOR`).
 MAX_REASON = 2000
 #: Longest tenant id and mailbox accepted in a path (an address has at most 254).
 MAX_ID = 512
@@ -82,8 +82,6 @@ MAX_ID = 512
 MAX_BODY = 16 * 1024
 #: How long a release waits for the agent's report before answering 202.
 RELEASE_WAIT_S = 15.0
-
-__all__ = ["MAX_ACTOR", "WebContext", "WorkerWeb", "define_web", "release_problem"]
 
 Handler = Callable[[], Awaitable[Any]]
 
@@ -102,6 +100,32 @@ class WebContext:
 
 class BodyTooLarge(Exception):
     pass
+
+
+@dataclass
+class _Attempt:
+    """A release request as far as it is known: who, from where, why."""
+
+    attempt_id: str
+    source: str | None
+    tenant_id: str
+    mailbox: str
+    actor: str | None = None
+    reason: str | None = None
+    #: Forwarded by another worker (which audits it).
+    via_peer: bool = False
+
+    def finished(self, at_ms: int, status: int) -> ReleaseAttempt:
+        return ReleaseAttempt(
+            attempt_id=self.attempt_id,
+            at_ms=at_ms,
+            source=self.source,
+            tenant_id=self.tenant_id,
+            mailbox=self.mailbox,
+            actor=self.actor,
+            reason=self.reason,
+            status=status,
+        )
 
 
 def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Any:
@@ -164,11 +188,11 @@ class WorkerWeb:
 
     # -- authentication ----------------------------------------------------------------
 
-    def caller(self, request: Any, role: str, body: bytes = b"") -> Caller | Denied:
+    def caller(self, request: Any, role: Role, body: bytes = b"") -> Caller | Denied:
         presented = Presented(
             request.method, request.raw_path, request.headers, body, request.remote
         )
-        return self.ctx.access.authenticate(role, presented)  # type: ignore[arg-type]
+        return self.ctx.access.authenticate(role, presented)
 
     # -- routing to the worker that owns a mailbox ----------------------------------
 
@@ -276,25 +300,20 @@ class WorkerWeb:
     # -- releases ---------------------------------------------------------------------
 
     async def release(self, request: Any, tenant: str, mailbox: str) -> Any:
-        """A client's release request: answered (here or by the owner), then audited."""
-        attempt = {
-            "attempt_id": str(uuid.uuid4()),
-            "source": request.remote,
-            "tenant_id": tenant[:MAX_ID],
-            "mailbox": normalise_mailbox(mailbox)[:MAX_ID] or mailbox[:MAX_ID],
-            "actor": None,
-            "reason": None,
-        }
+        """A client's release request: answered (here or by the owner), then audited.
+        A request forwarded by another worker is audited there, not here."""
+        attempt = _Attempt(
+            attempt_id=str(uuid.uuid4()),
+            source=request.remote,
+            tenant_id=tenant[:MAX_ID],
+            mailbox=normalise_mailbox(mailbox)[:MAX_ID] or mailbox[:MAX_ID],
+        )
         response = await self._release(request, tenant, mailbox, attempt)
-        if not attempt.pop("via_peer", False):
-            await self.audit.record(
-                ReleaseAttempt(at_ms=wall_ms(), status=response.status, **attempt)
-            )
+        if not attempt.via_peer:
+            await self.audit.record(attempt.finished(wall_ms(), response.status))
         return response
 
-    async def _release(
-        self, request: Any, tenant: str, mailbox: str, attempt: dict[str, Any]
-    ) -> Any:
+    async def _release(self, request: Any, tenant: str, mailbox: str, attempt: _Attempt) -> Any:
         """The answer to a release request; fills in `attempt` as it learns who and why."""
         try:
             body = await _read_body(request)
@@ -303,8 +322,9 @@ class WorkerWeb:
         caller = self.caller(request, "support", body)
         if isinstance(caller, Denied):
             return _denied(caller)
-        attempt["via_peer"] = caller.via_peer
-        attempt["actor"] = caller.actor
+        attempt.via_peer, attempt.actor = caller.via_peer, caller.actor
+        if caller.via_peer:  # the first worker's id, so its audit names this action
+            attempt.attempt_id = caller.attempt_id or attempt.attempt_id
         problem = path_problem(tenant, mailbox)
         try:
             payload = json.loads(body or b"null")
@@ -313,22 +333,20 @@ class WorkerWeb:
         problem = problem or release_problem(payload)
         if problem is not None:
             return _json(400, {"error": problem})
-        reason = payload["reason"].strip()
-        attempt["reason"] = reason
+        reason = attempt.reason = payload["reason"].strip()
         if not self.ctx.action_keys:
             return _json(403, {"error": f"releases are disabled: start the worker with {KEYS_ENV}"})
         key = MailboxKey.of(tenant, mailbox)
         key_bytes = encode_key(key)
-        attempt_id = caller.attempt_id if caller.via_peer else attempt["attempt_id"]
-        assert caller.actor is not None  # a support caller is a person
+        actor = caller.actor or ""  # a support caller always names a person
 
         async def local() -> Any:
-            wanted = Release(key, caller.actor or "", reason, wall_ms(), attempt_id or "")
+            wanted = Release(key, actor, reason, wall_ms(), attempt.attempt_id)
             return await self.release_here(wanted, key_bytes, caller.source)
 
         if caller.via_peer:
             return await local()
-        who = OnBehalfOf("support", caller.actor, caller.source, attempt_id)
+        who = OnBehalfOf("support", actor, caller.source, attempt.attempt_id)
         return await self.routed(request, key_bytes, local, who, body)
 
     async def release_here(self, wanted: Release, key_bytes: bytes, source: str | None) -> Any:
@@ -441,12 +459,13 @@ class WorkerWeb:
             caller = self.caller(request, "admin")
             if isinstance(caller, Denied):
                 return _denied(caller)
-        rows, _ = await self.all_blocks(None)
+        rows, unavailable = await self.all_blocks(None)
         page = render_status_page(
             rows,
             self.recent_json(50),
             generated_at=iso(wall_ms()) or "",
             worker=str(self.app.conf.canonical_url),
+            unavailable=unavailable,
         )
         return aioweb.Response(text=page, content_type="text/html", headers=PAGE_HEADERS)
 

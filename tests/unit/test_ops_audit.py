@@ -71,7 +71,7 @@ def test_outcomes_by_status() -> None:
         "unauthenticated",
         "forbidden",
         "refused",
-        "unavailable",
+        "invalid_request",
         "unavailable",
         "unavailable",
     ]
