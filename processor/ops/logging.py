@@ -38,6 +38,9 @@ from processor.policy.decisions import (
 
 #: The logger of the one-line-per-block/unblock audit lines.
 DECISIONS_LOGGER = "sendguard.decisions"
+#: The logger of the release attempts' audit lines (`processor.ops.audit`, which
+#: rate-limits unauthenticated floods itself).
+AUDIT_LOGGER = "sendguard.audit"
 
 #: Fields every JSON line carries besides its extras (renamed from logging's names).
 _JSON_FORMAT = "%(levelname)s %(name)s %(processName)s %(message)s"
@@ -69,7 +72,9 @@ class _LimitedHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
     def __init__(self, stream: IO[str]) -> None:
         super().__init__(stream)
-        self.limiter = RepeatedMessageFilter(self.handle, exempt=(DECISIONS_LOGGER,))
+        # Audit trails are never held back by the cap.
+        exempt = (DECISIONS_LOGGER, AUDIT_LOGGER)
+        self.limiter = RepeatedMessageFilter(self.handle, exempt=exempt)
         self.addFilter(self.limiter)
 
     def close(self) -> None:
