@@ -14,10 +14,12 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from processor import limits
+from processor.codec.records import release_action_id
 from processor.policy.config import shown
 from processor.policy.decisions import (
     Alert,
@@ -156,12 +158,18 @@ def parse_record(raw: Mapping[str, Any]) -> Event:
             at_ms=parse_timestamp(_field(raw, "at"), "at"),
         )
     if kind == "release":
-        return Release(
+        release = Release(
             key=_key(raw),
             actor=_string(raw, "actor", limits.MAX_ACTOR),
             reason=_string(raw, "reason", limits.MAX_REASON),
             at_ms=parse_timestamp(_field(raw, "at"), "at"),
         )
+        # Optional: the line's own action id; else a stable one made from the line, so
+        # `simulate` and a worker fed by `produce` give a refusal the same report id.
+        given = raw.get("action_id")
+        if given is not None and (not isinstance(given, str) or not given.strip()):
+            raise ScenarioError("action_id: must be a non-empty string when given")
+        return replace(release, action_id=given or release_action_id(release))
     if kind == "tick":
         return Tick(at_ms=parse_timestamp(_field(raw, "at"), "at"))
     raise ScenarioError(

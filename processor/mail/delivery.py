@@ -45,6 +45,8 @@ class KafkaDelivery:
         metrics), also when its waiter has given up."""
         from confluent_kafka import Producer
 
+        from processor.stream.librdkafka_settings import worker_client_settings
+
         self._producer = Producer(
             {
                 **client_config,
@@ -56,8 +58,9 @@ class KafkaDelivery:
                 "linger.ms": 5,
                 "queue.buffering.max.messages": max_pending,
                 "message.timeout.ms": int(delivery_timeout_s * 1000),
-                # librdkafka's own lines through `logging`, so they are JSON lines too.
-                "logger": logging.getLogger("sendguard.ingest.kafka"),
+                # The worker's outage behaviour: a slower reconnect, and librdkafka's
+                # lines through `logging` (JSON, capped like every other repeated line).
+                **worker_client_settings(),
             }
         )
         self._on_result = on_result

@@ -98,12 +98,17 @@ class TenantSettings:
 
 @dataclass(frozen=True, slots=True)
 class Release:
-    """A support release of a permanently blocked mailbox: privileged and audited."""
+    """A support release of a permanently blocked mailbox: privileged and audited.
+
+    `action_id` names the request (unique per attempt, "" when it has none, as in a
+    scenario file); it keeps the refusal reports of two attempts apart.
+    """
 
     key: MailboxKey
     actor: str
     reason: str
     at_ms: int
+    action_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -230,10 +230,15 @@ def release(
 def refusal_report_id(state: MailboxState, request: Release) -> str:
     """The id of the `release_refused` report if `request` is refused against `state`.
 
-    It depends only on the mailbox, its block sequence and the request's own time, so
-    whoever publishes a release can know the refusal's id before the policy decides.
+    It depends only on the mailbox, its block sequence, the request's own time and
+    its action id when it has one (two refused attempts in the same millisecond are
+    two audit records), so whoever publishes a release can know the refusal's id
+    before the policy decides.
     """
-    return decision_id(request.key, state.sequence, f"release_refused@{request.at_ms}")
+    action = f"release_refused@{request.at_ms}"
+    if request.action_id:
+        action = f"{action}#{request.action_id}"
+    return decision_id(request.key, state.sequence, action)
 
 
 def _block(

@@ -71,7 +71,13 @@ def encode_event(event: MailboxEvent) -> bytes:
             "scanned_at": event.scanned_at_ms,
         }
     elif isinstance(event, Release):
-        body = {"type": "release", "actor": event.actor, "reason": event.reason, "at": event.at_ms}
+        body = {
+            "type": "release",
+            "actor": event.actor,
+            "reason": event.reason,
+            "at": event.at_ms,
+            "action_id": event.action_id,
+        }
     elif isinstance(event, ExpiryTick):
         body = {"type": "expire", "until": event.until_ms}
     else:
@@ -97,7 +103,11 @@ def decode_event(key: MailboxKey, data: bytes) -> MailboxEvent:
             )
         if kind == "release":
             return Release(
-                key=key, actor=body["actor"], reason=body["reason"], at_ms=int(body["at"])
+                key=key,
+                actor=body["actor"],
+                reason=body["reason"],
+                at_ms=int(body["at"]),
+                action_id=str(body.get("action_id", "")),  # absent: written before it existed
             )
         if kind == "expire":
             return ExpiryTick(key=key, until_ms=int(body["until"]))

@@ -64,6 +64,7 @@ def test_internal_events_round_trip(tenant: str, mailbox: str, message_id: str, 
     for event in (
         Verdict(key, message_id, Direction.OUTBOUND, VerdictKind.VIRUS, at),
         Release(key, "actor", "reason ✓", at),
+        Release(key, "actor", "reason", at, "action-1"),
         ExpiryTick(key, at),
         SweepTick(key),
     ):
