@@ -23,6 +23,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("processor.demo:demo", "Show sendguard working on the local broker."),
     "status": ("processor.ops.client:status", "Show a mailbox's state (worker API)."),
     "release": ("processor.ops.client:release", "Release a permanently blocked mailbox."),
+    "gateway": (
+        "processor.mail.gateway_command:gateway",
+        "Postfix policy service: reject mail from blocked mailboxes.",
+    ),
 }
 
 
