@@ -25,7 +25,7 @@ import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from processor.codec.wire import CodecConfig
 from processor.mail.policy_answers import AnswerConfig
@@ -55,6 +55,8 @@ class GatewaySettings:
     use_directory: bool = True
     answers: AnswerConfig = field(default_factory=AnswerConfig)
     limits: ServerLimits = field(default_factory=ServerLimits)
+    #: uvloop (libuv) or the standard library's selector loop; see the README's numbers.
+    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -70,7 +72,12 @@ def parse_listen(text: str) -> tuple[str, int]:
 def run_gateway(settings: GatewaySettings) -> None:
     """Run until interrupted. Raises TenantMapError for a bad tenant map and OSError
     when a port cannot be bound."""
-    asyncio.run(serve(settings))
+    if settings.event_loop == "uvloop":
+        import uvloop
+
+        uvloop.run(serve(settings))
+    else:
+        asyncio.run(serve(settings))
 
 
 async def serve(settings: GatewaySettings, stop: asyncio.Event | None = None) -> None:

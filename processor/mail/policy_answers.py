@@ -62,6 +62,8 @@ DEFAULT_PERMANENT_TEXT: Final = (
 DEFAULT_STALE_AFTER_S: Final = 300.0
 
 MALFORMED_STATUS: Final = "4.5.2"
+#: Formatted reject answers kept (one per distinct block end).
+REPLY_CACHE_SIZE: Final = 10_000
 _STATUS = re.compile(r"^[245]\.\d{1,3}\.\d{1,3}$")
 # The longest `until` a template can get, to check the rendered text's length once.
 _LONGEST_UNTIL: Final = "9999-12-31T23:59:59.999Z"
@@ -169,6 +171,7 @@ class Answerer:
         self._stale_open = Answer("dunno", "stale_open", DUNNO_REPLY)
         self._stale_after_s = config.stale_after_s
         self._fail_open = config.when_stale == "fail-open"
+        self._replies: dict[int | None, bytes] = {}
 
     def answer(self, request: PolicyRequest, now_ms: int, state_age_s: float) -> Answer:
         """The answer to a well-formed request at `now_ms`, the state being `state_age_s`
@@ -188,12 +191,20 @@ class Answerer:
         return Answer("dunno", "not_blocked", DUNNO_REPLY, source, None, mailbox)
 
     def _reply(self, block: ControlCommand) -> bytes:
-        if block.permanent:
-            text = self.config.permanent_text.format(until="")
-        else:
-            assert block.until_ms is not None
-            text = self.config.timed_text.format(until=format_until(block.until_ms))
-        return format_reply(self._prefix + text)
+        # A blocked sender usually retries many times (a spam run): its answer is
+        # formatted once. Keyed by the end only, so the cache is at most one entry
+        # per block end; cleared when it grows past REPLY_CACHE_SIZE.
+        until = None if block.permanent else block.until_ms
+        reply = self._replies.get(until)
+        if reply is None:
+            if until is None:
+                text = self.config.permanent_text.format(until="")
+            else:
+                text = self.config.timed_text.format(until=format_until(until))
+            if len(self._replies) >= REPLY_CACHE_SIZE:
+                self._replies.clear()
+            reply = self._replies[until] = format_reply(self._prefix + text)
+        return reply
 
 
 def malformed_reply(error: PolicyProtocolError) -> bytes:

@@ -34,7 +34,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, cast
 
 from processor.mail.policy_answers import Answerer, malformed_reply
 from processor.mail.policy_protocol import PolicyRequest, RequestReader
@@ -121,6 +121,7 @@ class PolicyServer:
         while True:
             await asyncio.sleep(SWEEP_INTERVAL_S)
             self.sweep(time.monotonic())
+            self.metrics.flush()
 
     def sweep(self, now: float) -> None:
         """Close every connection that has been silent or stalled too long at `now`."""
@@ -168,7 +169,8 @@ class PolicyConnection(asyncio.Protocol):
         self.stalled_since: float | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        transport = cast(asyncio.Transport, transport)
         server = self.server
         if len(server.connections) >= server.limits.max_connections:
             server.metrics.connections_refused.inc()

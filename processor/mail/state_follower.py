@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 CHECK_INTERVAL_S: Final = 1.0
 #: The same until the first catch-up, so start-up is not held up by the interval.
 FIRST_CHECK_INTERVAL_S: Final = 0.1
-#: How long one consume call waits for records: bounds how late a check can be.
+#: How long one poll waits for a first record: bounds how late a check can be.
 POLL_TIMEOUT_S: Final = 0.2
 #: Records decoded per batch handed to the event loop.
 BATCH_SIZE: Final = 1000
@@ -199,7 +199,13 @@ class StateFollower:
             log.info("following %d more partition(s), from the beginning", len(new))
 
     def _consume_once(self) -> None:
-        messages = self._consumer.consume(BATCH_SIZE, POLL_TIMEOUT_S)
+        # consume(n, timeout) waits for n records or the whole timeout: a lone new
+        # BLOCK would wait out the timeout. poll returns with the first record; then
+        # whatever else has arrived is taken without waiting.
+        first = self._consumer.poll(POLL_TIMEOUT_S)
+        if first is None:
+            return
+        messages = [first, *self._consumer.consume(BATCH_SIZE - 1, 0)]
         batch: list[Update] = []
         for message in messages:
             if message.error() is not None:
