@@ -37,6 +37,8 @@ from processor.mail.blocklist import command_from_record
 from processor.mail.gateway_state import Update
 
 log = logging.getLogger(__name__)
+#: librdkafka's log lines (connection failures while the broker is down...).
+KAFKA_LOG = logging.getLogger("sendguard.gateway.kafka")
 
 #: How often the follower asks for the topics' end offsets (the resolution of the
 #: state age while everything is well).
@@ -108,7 +110,6 @@ class StateFollower:
         """`topics`: topic name -> what it holds. `undecodable(label, reason)` counts a
         skipped record (called from the follower thread)."""
         from confluent_kafka import Consumer
-        from confluent_kafka.admin import AdminClient
 
         self._codec = codec
         self._topics = topics
@@ -125,11 +126,17 @@ class StateFollower:
                 # A new record is fetched at once; an idle fetch waits at most this long.
                 "fetch.wait.max.ms": 100,
                 "error_cb": self._on_error,
+                # librdkafka's own lines through logging (JSON), not raw to stderr.
+                "logger": KAFKA_LOG,
             }
         )
         # Asks the topics' start and end offsets (read-only: it changes nothing).
-        admin_config: dict[str, Any] = {**client_config, "error_cb": self._on_error}
-        self._admin = AdminClient(admin_config)
+        self._admin_config: dict[str, Any] = {
+            **client_config,
+            "error_cb": self._on_error,
+            "logger": KAFKA_LOG,
+        }
+        self._admin: Any = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._assigned: set[tuple[str, int]] = set()
@@ -256,7 +263,13 @@ class StateFollower:
             starts = self._offsets(partitions, spec.earliest())
             ends = self._offsets(partitions, spec.latest())
         except (KafkaException, TimeoutError) as error:
-            self._rate_limited("watermarks", "cannot read the topics' ends: %s", error)
+            self._rate_limited(
+                "watermarks", "cannot read the topics' ends: %s %s", type(error).__name__, error
+            )
+            # After a broker restart librdkafka's admin client can keep sending a stale
+            # leader epoch (FENCED_LEADER_EPOCH, again and again): a new client starts
+            # from fresh metadata.
+            self._admin = None
             return False
         for where, end in ends.items():
             position = positions.get(where, -1)
@@ -268,13 +281,19 @@ class StateFollower:
         return True
 
     def _offsets(self, partitions: list[Any], spec: Any) -> dict[tuple[str, int], int]:
+        if self._admin is None:
+            from confluent_kafka.admin import AdminClient
+
+            self._admin = AdminClient(self._admin_config)
         futures = self._admin.list_offsets(
             {tp: spec for tp in partitions}, request_timeout=WATERMARK_TIMEOUT_S
         )
-        return {
+        offsets = {
             (tp.topic, tp.partition): int(future.result(timeout=WATERMARK_TIMEOUT_S).offset)
             for tp, future in futures.items()
         }
+        self._admin.poll(0)  # serves its log lines (queued for the logger)
+        return offsets
 
     def _on_error(self, error: Any) -> None:
         self._rate_limited("client", "kafka: %s", error)
