@@ -352,6 +352,14 @@ def main() -> None:
     process, port, web_port = start_gateway(
         args, names.prefix, tenants, args.workdir / "gateway.log"
     )
+    rss_kib = int(
+        next(
+            line.split()[1]
+            for line in Path(f"/proc/{process.pid}/status").read_text().splitlines()
+            if line.startswith("VmRSS:")
+        )
+    )
+    print(f"gateway resident memory with {args.blocked} blocks: {rss_kib / 1024:.1f} MiB")
     print(
         f"gateway caught up and serving after {time.monotonic() - started:.1f}s "
         f"(pinned to cpu {args.gateway_cpu}); policy port {port}, web port {web_port}"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -92,3 +94,9 @@ def test_no_label_can_carry_a_mailbox_or_tenant() -> None:
         "le",
         "version",
     }
+
+
+def test_every_metric_is_documented_in_the_readme() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    for name in GatewayMetrics.METRIC_NAMES:
+        assert f"`{name}" in readme, name
