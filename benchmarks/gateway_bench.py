@@ -111,6 +111,39 @@ def request_pool(blocked: list[str], count: int = 20_000) -> list[bytes]:
     return pool
 
 
+def state_bytes_per_mailbox(count: int) -> float:
+    """tracemalloc's bytes per mailbox of a Blocklist holding `count` timed BLOCKs."""
+    import tracemalloc
+
+    from processor.mail.blocklist import Blocklist, command_from_record
+
+    now_ms = int(time.time() * 1000)
+    records_ = [
+        {
+            "command_id": decision_id(
+                MailboxKey.of("tenant0", f"user{i}@domain0.example"), 1, "BLOCK"
+            ),
+            "action": "BLOCK",
+            "tenant_id": f"tenant{i % DOMAINS}",
+            "mailbox": f"user{i}@domain{i % DOMAINS}.example",
+            "at": now_ms,
+            "offense": 1,
+            "permanent": False,
+            "until": now_ms + HOUR_MS,
+            "block_sequence": 1,
+        }
+        for i in range(count)
+    ]
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    blocks = Blocklist()
+    for record in records_:
+        blocks.apply(command_from_record(record))
+    after = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    return (after - before) / count
+
+
 def percentile(sorted_values: list[float], q: float) -> float:
     if not sorted_values:
         return float("nan")
@@ -334,6 +367,10 @@ def main() -> None:
 
     args.workdir.mkdir(parents=True, exist_ok=True)
     print(f"load average before: {os.getloadavg()}")
+    print(
+        f"state: {state_bytes_per_mailbox(100_000):.0f} bytes per blocked mailbox "
+        "(tracemalloc, 100,000 timed blocks)"
+    )
     names = fresh_names("gwbench")
     create_topics(args.bootstrap, names)
     codec = Codec.from_config()
