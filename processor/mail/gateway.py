@@ -25,7 +25,7 @@ import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 from processor.codec.wire import CodecConfig
 from processor.mail.policy_answers import AnswerConfig
@@ -55,8 +55,6 @@ class GatewaySettings:
     use_directory: bool = True
     answers: AnswerConfig = field(default_factory=AnswerConfig)
     limits: ServerLimits = field(default_factory=ServerLimits)
-    #: uvloop (libuv) or the standard library's selector loop; see the README's numbers.
-    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -72,12 +70,7 @@ def parse_listen(text: str) -> tuple[str, int]:
 def run_gateway(settings: GatewaySettings) -> None:
     """Run until interrupted. Raises TenantMapError for a bad tenant map and OSError
     when a port cannot be bound."""
-    if settings.event_loop == "uvloop":
-        import uvloop
-
-        uvloop.run(serve(settings))
-    else:
-        asyncio.run(serve(settings))
+    asyncio.run(serve(settings))
 
 
 async def serve(settings: GatewaySettings, stop: asyncio.Event | None = None) -> None:

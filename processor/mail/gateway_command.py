@@ -159,16 +159,6 @@ from processor.stream.topics import TopicNames
     help="Port of /health, /ready and /metrics (0: any free one, printed when serving).",
 )
 @click.option(
-    "--event-loop",
-    envvar="SENDGUARD_GATEWAY_EVENT_LOOP",
-    show_envvar=True,
-    type=click.Choice(["uvloop", "asyncio"]),
-    default="uvloop",
-    show_default=True,
-    help="asyncio event loop implementation (uvloop: 10-20 % more requests per CPU-second, "
-    "measured).",
-)
-@click.option(
     "--loglevel", envvar="SENDGUARD_LOGLEVEL", show_envvar=True, default="info", show_default=True
 )
 def gateway(**options: Any) -> None:
@@ -220,7 +210,6 @@ def gateway(**options: Any) -> None:
             idle_timeout_s=options["idle_timeout"],
             read_timeout_s=options["read_timeout"],
         ),
-        event_loop=options["event_loop"],
     )
     configure_logging(options["loglevel"])
     try:

@@ -169,7 +169,8 @@ class PolicyConnection(asyncio.Protocol):
         self.stalled_since: float | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports implement asyncio.Transport without subclassing it.
+        # A TCP transport; cast rather than asserted, as a third-party loop's (uvloop)
+        # implements asyncio.Transport without subclassing it.
         transport = cast(asyncio.Transport, transport)
         server = self.server
         if len(server.connections) >= server.limits.max_connections:
