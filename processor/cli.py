@@ -28,6 +28,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "processor.ops.support_tokens:support_token",
         "Make a personal support token.",
     ),
+    "gateway": (
+        "processor.mail.gateway_command:gateway",
+        "Postfix policy service: reject mail from blocked mailboxes.",
+    ),
 }
 
 

@@ -203,7 +203,7 @@ class Postfix:
     smtpd listens on a test port with rspamd as its milter and delivers everything to
     `discard`. Loopback clients may use XCLIENT, so a test can act as an authenticated
     user (`LOGIN=`) or an outside client (`ADDR=`). `policy_service` is the
-    `host:port` of a Postfix policy server (sendguard gateway) asked at RCPT TO.
+    `host:port` of a Postfix policy server (sendguard gateway), asked about the sender.
     """
 
     def __init__(self, milter_port: int, policy_service: str | None = None) -> None:
@@ -218,8 +218,17 @@ class Postfix:
             (self.root / sub).mkdir()
         postfix = pwd.getpwnam("postfix")
         os.chown(self.root / "data", postfix.pw_uid, postfix.pw_gid)
-        restrictions = [f"check_policy_service inet:{policy_service}"] if policy_service else []
-        restrictions += ["permit_mynetworks", "reject_unauth_destination"]
+        # As the README's "Enforce it in Postfix" says: the gateway judges the sender
+        # before any permit_*, and a gateway that does not answer defers the mail.
+        policy = (
+            [
+                f"smtpd_sender_restrictions = check_policy_service inet:{policy_service}",
+                "smtpd_policy_service_default_action = 451 4.3.5 Server configuration problem",
+                "smtpd_policy_service_timeout = 10s",
+            ]
+            if policy_service
+            else []
+        )
         (self.conf / "main.cf").write_text(
             "\n".join(
                 [
@@ -240,7 +249,7 @@ class Postfix:
                     f"smtpd_milters = inet:127.0.0.1:{milter_port}",
                     "milter_default_action = tempfail",
                     "smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination",
-                    f"smtpd_recipient_restrictions = {', '.join(restrictions)}",
+                    *policy,
                     "smtputf8_enable = no",
                     "biff = no",
                     "",

@@ -46,7 +46,7 @@ def gateway_available() -> bool:
 
 
 class GatewayProcess:
-    """`sendguard gateway`, the Postfix policy server (from the wp-gateway branch)."""
+    """`sendguard gateway`, the Postfix policy server."""
 
     def __init__(self, deployment: Deployment, tenants: Path, tmp: Path) -> None:
         self.port = free_port()
@@ -233,8 +233,8 @@ def test_outbound_spam_blocks_its_sender_and_inbound_spam_never_counts(loop: Mai
 
 @pytest.mark.skipif(
     not gateway_available(),
-    reason="`sendguard gateway` (the Postfix policy server of branch wp-gateway) is not "
-    "merged yet; the loop up to the BLOCK is tested above",
+    reason="`sendguard gateway` (processor/mail/gateway_command.py) is not importable; "
+    "the loop up to the BLOCK is tested above",
 )
 def test_the_gateway_refuses_a_blocked_sender_until_the_block_ends(loop: MailLoop) -> None:
     blocked, colleague = "m.smith@acme.example", "k.jones@acme.example"
