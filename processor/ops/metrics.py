@@ -22,7 +22,7 @@ from typing import Final, get_args
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from processor import __version__
-from processor.codec.errors import DECODE_REASONS
+from processor.codec.errors import DEAD_LETTER_REASONS as _DEAD_LETTER_REASONS
 from processor.ops.audit import OUTCOMES as RELEASE_ATTEMPT_OUTCOMES
 from processor.policy.decisions import (
     Alert,
@@ -40,8 +40,8 @@ from processor.policy.events import Direction, VerdictKind
 DIRECTIONS: Final = tuple(d.value for d in Direction)
 VERDICTS: Final = tuple(v.value for v in VerdictKind)
 IGNORED_REASONS: Final = ("late", "duplicate", "while_blocked", "before_reset")
-# One source of truth for dead-letter reasons: the codec's decode error codes.
-DEAD_LETTER_REASONS: Final[tuple[str, ...]] = DECODE_REASONS
+# One source of truth for dead-letter reasons: the decode error codes and the edge's own.
+DEAD_LETTER_REASONS: Final[tuple[str, ...]] = _DEAD_LETTER_REASONS
 UNBLOCK_REASONS: Final[tuple[str, ...]] = get_args(UnblockReason)
 ALERT_KINDS: Final[tuple[str, ...]] = get_args(AlertKind)
 # The default policy blocks permanently on the 6th offense, so 1..6 are every
