@@ -282,6 +282,7 @@ def run_worker(
     from processor.ops.recent import RecentEvents
     from processor.stream.agents import define_lockout_agent
     from processor.stream.app import create_app
+    from processor.stream.bounds import check_record_bounds
     from processor.stream.edge import EdgeConfig
     from processor.stream.edge_health import EdgeHealth, InputLagMonitor
     from processor.stream.edge_process import EdgeSupervisor
@@ -299,6 +300,11 @@ def run_worker(
     # Slower reconnects and librdkafka's lines in our (capped) log: see librdkafka_settings.
     client_config = {**settings.connection.confluent(), **worker_client_settings()}
     codec = Codec.from_config(settings.codec)
+    try:
+        # Nothing that passes the edge may make a record this worker writes too large.
+        check_record_bounds(settings.policy, codec, names)
+    except ValueError as error:
+        raise click.ClickException(str(error)) from None
     try:
         partitions = ensure_internal_topic(
             client_config, names.mailbox_events, settings.partitions, settings.replication_factor
