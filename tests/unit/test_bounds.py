@@ -6,6 +6,9 @@ from input at every limit is never larger than the computed worst case."""
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from hypothesis import example, given, settings
@@ -156,3 +159,25 @@ def test_a_longer_topic_prefix_is_measured_too() -> None:
     plain = {r.what: r.size for r in worst_case_sizes(PolicyConfig(), CODEC, NAMES)}
     prefixed = {r.what: r.size for r in worst_case_sizes(PolicyConfig(), CODEC, long_names)}
     assert prefixed["DeadLetter"] > plain["DeadLetter"]  # it carries the source topic
+
+
+def test_the_worker_refuses_to_start_with_such_a_policy(tmp_path: Path) -> None:
+    # Refused before any Kafka client is made: the bootstrap address leads nowhere.
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("threshold: 100\n")
+    result = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("sendguard")),
+            "worker",
+            "--policy",
+            str(policy),
+            "--bootstrap",
+            "127.0.0.1:9",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode != 0
+    assert "policy threshold 100" in result.stderr
+    assert "the largest threshold that fits is" in result.stderr
