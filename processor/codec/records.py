@@ -24,6 +24,7 @@ from typing import Any, NoReturn
 from processor import topics
 from processor.codec.errors import DecodeError
 from processor.limits import (
+    DEAD_LETTER_KEEP_BYTES,
     DEAD_LETTER_PREFIX_BYTES,
     MAX_ACTION_ID,
     MAX_ACTOR,
@@ -149,7 +150,8 @@ def _devices(rec: Mapping[str, Any], record: str) -> tuple[str, ...]:
 
 
 def verdict_from_record(rec: Mapping[str, Any]) -> Verdict:
-    """A validated Verdict; DecodeError `invalid_record` or `field_too_long` naming the
+    """A validated Verdict (a message id over its limit replaced by its digest, see
+    `bounded_message_id`); DecodeError `invalid_record` or `field_too_long` naming the
     field otherwise."""
     try:
         tenant_id = rec["tenant_id"]
@@ -165,7 +167,6 @@ def verdict_from_record(rec: Mapping[str, Any]) -> Verdict:
         and len(tenant_id) <= MAX_TENANT_ID
         and tenant_id.strip()
         and type(message_id) is str
-        and len(message_id) <= MAX_MESSAGE_ID
         and message_id.strip()
         and type(mailbox) is str
         and len(mailbox) <= MAX_MAILBOX
@@ -176,14 +177,37 @@ def verdict_from_record(rec: Mapping[str, Any]) -> Verdict:
         and type(scanned_at) is int
         and 0 <= scanned_at <= MAX_TIMESTAMP_MS
     ):
+        if len(message_id) > MAX_MESSAGE_ID:
+            message_id = bounded_message_id(message_id)
         return Verdict(MailboxKey(tenant_id, mailbox), message_id, direction, kind, scanned_at)
     _verdict_problem(rec)
+
+
+def bounded_message_id(message_id: str) -> str:
+    """The message id as sendguard keeps it: itself up to `MAX_MESSAGE_ID` characters,
+    else `digest:` and the SHA-256 (hex) of its UTF-8 bytes.
+
+    The sender chooses the Message-ID, so refusing a verdict for a long one would let
+    any sender keep its spam from counting; the digest still counts it, still tells
+    retries of one message (same id, same digest) from other messages, and keeps the
+    window, evidence and alert bounded.
+    """
+    if len(message_id) <= MAX_MESSAGE_ID:
+        return message_id
+    digest = hashlib.sha256(message_id.encode("utf-8", "surrogatepass")).hexdigest()
+    return f"digest:{digest}"
 
 
 def _verdict_problem(rec: Mapping[str, Any]) -> NoReturn:
     """The slow path: find and raise the first thing wrong with a verdict record."""
     _mailbox(rec, "Verdict")
-    _str(rec, "Verdict", "message_id", MAX_MESSAGE_ID)
+    message_id = _get(rec, "Verdict", "message_id")  # any length: see bounded_message_id
+    if type(message_id) is not str:
+        raise _invalid(
+            "Verdict", "message_id", f"expected a string, got {type(message_id).__name__}"
+        )
+    if not message_id.strip():
+        raise _invalid("Verdict", "message_id", "empty")
     for field, allowed in (("direction", _DIRECTIONS), ("verdict", _VERDICTS)):
         value = _get(rec, "Verdict", field)
         if not isinstance(value, str) or value not in allowed:
@@ -243,8 +267,8 @@ def tenant_key_from_record(rec: Mapping[str, Any]) -> str:
 
 
 def check_record_size(data: bytes, what: str = "value") -> None:
-    """DecodeError `record_too_large` when `data` is over `MAX_RECORD_BYTES`: no valid
-    record is that large, so it is refused before any decoding work."""
+    """DecodeError `record_too_large` when `data` is over `MAX_RECORD_BYTES`: refused
+    before any decoding work."""
     if len(data) > MAX_RECORD_BYTES:
         raise DecodeError(
             "record_too_large",
@@ -463,9 +487,9 @@ def release_attempt_record(
 
 
 def bounded_copy(data: bytes | None) -> bytes | None:
-    """`data` whole when it could be a valid record (at most `MAX_RECORD_BYTES`), else
-    its first `DEAD_LETTER_PREFIX_BYTES`: what a dead letter keeps of a key or value."""
-    if data is None or len(data) <= MAX_RECORD_BYTES:
+    """`data` whole when it could be a valid record (at most `DEAD_LETTER_KEEP_BYTES`),
+    else its first `DEAD_LETTER_PREFIX_BYTES`: what a dead letter keeps of a key or value."""
+    if data is None or len(data) <= DEAD_LETTER_KEEP_BYTES:
         return data
     return data[:DEAD_LETTER_PREFIX_BYTES]
 

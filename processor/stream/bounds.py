@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from processor.codec import records
 from processor.codec.wire import Codec
 from processor.limits import (
+    DEAD_LETTER_KEEP_BYTES,
     MAX_ACTOR,
     MAX_DEAD_LETTER_DETAIL,
     MAX_DEVICE_ID,
@@ -29,7 +30,6 @@ from processor.limits import (
     MAX_OUTPUT_RECORD_BYTES,
     MAX_OWNER_ID,
     MAX_REASON,
-    MAX_RECORD_BYTES,
     MAX_TENANT_ID,
 )
 from processor.policy import (
@@ -153,11 +153,11 @@ def _records(
         source_topic=names.verdicts,
         source_partition=2**31 - 1,
         source_offset=_MAX_LONG,
-        key=b"k" * MAX_RECORD_BYTES,
-        value=b"v" * MAX_RECORD_BYTES,
+        key=b"k" * DEAD_LETTER_KEEP_BYTES,
+        value=b"v" * DEAD_LETTER_KEEP_BYTES,
         at_ms=at,
     )
-    dead_key = records.bounded_copy(b"k" * MAX_RECORD_BYTES) or b""
+    dead_key = records.bounded_copy(b"k" * DEAD_LETTER_KEEP_BYTES) or b""
     found.append(("DeadLetter", len(dead_key) + len(codec.encode("DeadLetter", dead))))
     return found
 

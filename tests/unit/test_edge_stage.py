@@ -230,9 +230,9 @@ HUGE_ID = CODEC.encode(
             id="wrong-schema",
         ),
         pytest.param(verdict_bytes("m", mailbox=" "), "invalid_record", id="invalid"),
-        pytest.param(verdict_bytes("m" * 999), "field_too_long", id="field-too-long"),
-        pytest.param(HUGE_ID, "record_too_large", id="huge-message-id"),
-        pytest.param(b"\xc3\x01" + b"\xff" * 999_000, "record_too_large", id="junk-under-1mb"),
+        pytest.param(verdict_bytes("m", mailbox="m" * 321), "field_too_long", id="field-too-long"),
+        pytest.param(b"\xc3\x01" + b"\xff" * 999_000, "unknown_schema", id="junk-under-1mb"),
+        pytest.param(b"\x7f" * 1_100_000, "record_too_large", id="junk-over-1mib"),
     ],
 )
 def test_a_record_that_cannot_be_used_is_dead_lettered_and_the_next_is_processed(
@@ -250,6 +250,16 @@ def test_a_record_that_cannot_be_used_is_dead_lettered_and_the_next_is_processed
     assert forwarded_ids(producer) == ["good"]
     assert counts.dead_letters == {reason: 1}
     assert committed(stage) == [[(VERDICTS, 0, 10)]]
+
+
+def test_a_verdict_with_a_huge_message_id_still_counts_under_its_digest() -> None:
+    # The reported attack: 170,000 x "\x01" as the Message-ID of outbound spam.
+    producer = Producer()
+    stage, _ = stage_with(producer)
+    counts = handle(stage, [Message(HUGE_ID, 8), GOOD])
+    assert forwarded_ids(producer) == [records.bounded_message_id("\x01" * 170_000), "good"]
+    assert max(len(value) for _, _, value in producer.on(INTERNAL)) < 200
+    assert counts.qualifying == 2 and dead_letters(producer) == []
 
 
 def test_a_forward_refused_at_once_as_too_large_is_dead_lettered() -> None:
