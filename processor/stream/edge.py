@@ -371,7 +371,7 @@ class EdgeStage:
     ) -> None:
         """Produce one record for the message at `index` (`dead_letter`: its reason,
         None for a forward); a refusal is handled like a failed delivery report."""
-        from confluent_kafka import KafkaException
+        from confluent_kafka import KafkaError, KafkaException
 
         on_delivery = functools.partial(self._delivered, attempt, index, dead_letter)
         while True:
@@ -383,6 +383,10 @@ class EdgeStage:
                 self._heartbeat()
             except KafkaException as exc:  # refused before sending (too large, ...)
                 self._delivered(attempt, index, dead_letter, exc.args[0], None)
+                return
+            except Exception as exc:  # refused its arguments: this record's, by construction
+                error = KafkaError(KafkaError._INVALID_ARG, f"{type(exc).__name__}: {exc}")
+                self._delivered(attempt, index, dead_letter, error, None)
                 return
 
     def _delivered(

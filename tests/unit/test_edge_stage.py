@@ -280,6 +280,23 @@ def test_a_forward_refused_at_once_as_too_large_is_dead_lettered() -> None:
     assert clock.sleeps == []  # no retry: the failure was the record's
 
 
+def test_a_produce_that_raises_anything_else_costs_only_its_record() -> None:
+    class Picky(Producer):
+        def produce(self, topic: str, value: bytes, key: bytes | None, on_delivery: Any) -> None:
+            if topic == INTERNAL and b"odd" in value:
+                raise TypeError("an argument it does not take")
+            super().produce(topic, value, key, on_delivery)
+
+    producer = Picky()
+    stage, _ = stage_with(producer)
+    handle(stage, [Message(verdict_bytes("odd"), 3), GOOD])
+    (dead,) = dead_letters(producer)
+    assert (dead["reason"], dead["source_offset"]) == ("produce_failed", 3)
+    assert "TypeError" in dead["detail"]
+    assert forwarded_ids(producer) == ["good"]
+    assert committed(stage) == [[(VERDICTS, 0, 10)]]
+
+
 @pytest.mark.parametrize(
     "code",
     [KafkaError.INVALID_RECORD, KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.UNKNOWN],
