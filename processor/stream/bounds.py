@@ -21,6 +21,7 @@ from processor.codec import records
 from processor.codec.wire import Codec
 from processor.limits import (
     DEAD_LETTER_KEEP_BYTES,
+    MAX_ACTION_ID,
     MAX_ACTOR,
     MAX_DEAD_LETTER_DETAIL,
     MAX_DEVICE_ID,
@@ -137,7 +138,7 @@ def _records(
     key_bytes = events.encode_key(key)
     at = _MAX_TIME
     verdict = Verdict(key, text(MAX_MESSAGE_ID), Direction.OUTBOUND, VerdictKind.VIRUS, at)
-    wanted = Release(key, text(MAX_ACTOR), text(MAX_REASON), at)
+    wanted = Release(key, text(MAX_ACTOR), text(MAX_REASON), at, text(MAX_ACTION_ID))
     found: list[tuple[str, int]] = [
         ("internal verdict", len(key_bytes) + len(events.encode_event(verdict))),
         ("internal release", len(key_bytes) + len(events.encode_event(wanted))),
@@ -196,7 +197,7 @@ def _decisions(policy: PolicyConfig, key: MailboxKey, char: str) -> list[Decisio
             key, at, "blocked", sequence, False, at, owner, devices, True, evidence, block_id("a")
         ),
     ]
-    wanted = Release(key, text(MAX_ACTOR), text(MAX_REASON), at)
+    wanted = Release(key, text(MAX_ACTOR), text(MAX_REASON), at, text(MAX_ACTION_ID))
     permanent = MailboxState()
     permanent.offenses = permanent.sequence = sequence
     permanent.permanent, permanent.blocked_at_ms = True, at

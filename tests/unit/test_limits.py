@@ -183,6 +183,11 @@ def test_the_largest_valid_input_records_are_kept_whole_in_a_dead_letter() -> No
             "mailbox": wide(limits.MAX_MAILBOX),
             "actor": wide(limits.MAX_ACTOR),
             "reason": wide(limits.MAX_REASON),
+            # The signature's fields (any size passes the limits: a forged one fails
+            # the signature check first; the API writes its own).
+            "source": wide(64),
+            "key_id": wide(64),
+            "signature": b"\xff" * 32,
         },
         "TenantSettings": {**SETTINGS, "tenant_id": wide(limits.MAX_TENANT_ID)},
         "MailboxKey": {"tenant_id": wide(limits.MAX_TENANT_ID), "mailbox": wide(320)},
