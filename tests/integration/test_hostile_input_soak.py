@@ -7,12 +7,13 @@ the partitions, and three canary bursts of 5 outbound spam - an ordinary mailbox
 with every field at its limit in 4-byte characters (its alert carries five
 998-character message ids); and an evader whose message ids are over-long (up to
 900,000 characters: the reported attack used 170,000), which must count all the same.
-Each canary must be blocked within 5 s of its last verdict. Then a forged support
-release for the ordinary canary. At the end: the edge never restarted, is up, and the
-worker was ready after every round; every hostile record is in the dead letters
-under its source offset with the expected reason (nothing lost, nothing else
-dead-lettered); the RSS of the edge and of the worker stayed within the bounds
-explained at the end of the test.
+Each canary must be blocked within 5 s of its last verdict. Then a forged (unsigned)
+support release for the ordinary canary, dead-lettered, and a signed one, which the
+policy refuses (a timed block cannot be released). At the end: the edge never
+restarted, is up, and the worker was ready after every round; every hostile record
+is in the dead letters under its source offset with the expected reason (nothing
+lost, nothing else dead-lettered); the RSS of the edge and of the worker stayed
+within the bounds explained at the end of the test.
 
 Before the worker starts, the directory gets hostile entries too (over the limits,
 or junk); they are skipped, and the valid entry of a canary stays in force.
@@ -44,6 +45,7 @@ from fastavro import parse_schema, schemaless_writer
 from worker_support import Deployment, WorkerProcess, wait_for
 
 from processor import limits
+from processor.codec.action_signing import ActionKeys
 from processor.codec.records import key_of, record_of
 from processor.codec.wire import SINGLE_OBJECT_MARKER, Codec
 from processor.policy import DirectoryEntry, MailboxKey
@@ -56,11 +58,8 @@ TOPIC_MAX_BYTES = 5_000_000
 ROUNDS = 20
 CLEAN_PER_ROUND = 3000
 BLOCK_WITHIN_S = 5.0
-#: What the signature check on support actions (coming from the API side) will make
-#: of a forged release: its dead-letter reason. None today: a forged release of a
-#: timed block is refused by the policy (only permanent blocks can be released), so
-#: it must leave the canary blocked and be audited as refused.
-FORGED_RELEASE_DEAD_LETTER: str | None = None
+#: What the edge makes of a forged (unsigned) release: its dead-letter reason.
+FORGED_RELEASE_DEAD_LETTER = "unauthenticated_action"
 
 
 @dataclasses.dataclass
@@ -90,19 +89,23 @@ def verdict(
     return CODEC.encode("Verdict", record)
 
 
-def support_action(mailbox: str, actor: str) -> bytes:
-    return CODEC.encode(
-        "SupportAction",
-        {
-            "action_id": f"forged-{random.random()}",
-            "action": "RELEASE",
-            "tenant_id": "soak",
-            "mailbox": mailbox,
-            "actor": actor,
-            "reason": "let me send again",
-            "at": int(time.time() * 1000),
-        },
-    )
+def support_action(mailbox: str, actor: str, keys: ActionKeys | None = None) -> bytes:
+    """A release of `mailbox` as a SupportAction, signed with `keys` when given."""
+    record: dict[str, Any] = {
+        "action_id": f"soak-{random.random()}",
+        "action": "RELEASE",
+        "tenant_id": "soak",
+        "mailbox": mailbox,
+        "actor": actor,
+        "reason": "let me send again",
+        "at": int(time.time() * 1000),
+        "source": None,
+        "key_id": None,
+        "signature": None,
+    }
+    if keys is not None:
+        record = keys.sign(record)
+    return CODEC.encode("SupportAction", record)
 
 
 def partial_verdict() -> bytes:
@@ -115,7 +118,9 @@ def partial_verdict() -> bytes:
     return SINGLE_OBJECT_MARKER + CODEC.schemas.get("Verdict").fingerprint + body.getvalue()
 
 
-def hostile_records(names: Any, round_: int, canary: str, rng: random.Random) -> list[Hostile]:
+def hostile_records(
+    names: Any, round_: int, canary: str, rng: random.Random, keys: ActionKeys
+) -> list[Hostile]:
     """Every hostile class, aimed at this round's canary where a field allows it."""
     v, s = names.verdicts, names.support_actions
 
@@ -204,9 +209,15 @@ def hostile_records(names: Any, round_: int, canary: str, rng: random.Random) ->
             reasons=("invalid_record",),
         ),
         Hostile(
-            "release with an over-long actor",
+            "release signed with another key",
             s,
-            support_action(canary, "a" * 201),
+            support_action(canary, "mallory", ActionKeys.parse(f"k9:{rng.randbytes(24).hex()}")),
+            reasons=("unauthenticated_action",),
+        ),
+        Hostile(
+            "signed release with an over-long actor",
+            s,
+            support_action(canary, "a" * 201, keys),
             reasons=("field_too_long",),
         ),
         Hostile(
@@ -409,6 +420,7 @@ def test_hostile_input_soak(bootstrap: str, tmp_path: Path, rng: random.Random) 
     evaders = [f"evader-{r}@soak.test" for r in range(ROUNDS)]
     directory_entry = seed_directory(deployment, sender, MailboxKey("soak", canaries[0]))
 
+    keys = ActionKeys.parse(deployment.action_keys)  # the workers' own signing key
     worker = deployment.worker()
     watcher = BlockWatcher(bootstrap, names.control)
     worker.start()
@@ -434,7 +446,7 @@ def test_hostile_input_soak(bootstrap: str, tmp_path: Path, rng: random.Random) 
         for round_ in range(ROUNDS):
             canary = canaries[round_]
             wide_tenant, wide_mailbox, wide_ids = widest_canary(round_)
-            records = hostile_records(names, round_, canary, rng)
+            records = hostile_records(names, round_, canary, rng, keys)
             hostile += records
             # Clean traffic with two thirds of the hostile records at random places in
             # it, then the canaries' bursts with the rest between their verdicts.
@@ -472,14 +484,18 @@ def test_hostile_input_soak(bootstrap: str, tmp_path: Path, rng: random.Random) 
                     diagnose=worker.log_tail,
                 )
                 latencies[f"{round_}:{label}"] = round(watcher.blocked_at[key] - burst_end, 3)
-            # A forged release of the (timed) block, through the support topic.
+            # A forged (unsigned) release of the block, written to the support topic
+            # directly; and a signed one, which the policy refuses (a timed block ends
+            # by itself; only permanent blocks can be released).
             forged = Hostile(
-                "forged release", names.support_actions, support_action(canary, "mallory")
+                "forged release",
+                names.support_actions,
+                support_action(canary, "mallory"),
+                reasons=(FORGED_RELEASE_DEAD_LETTER,),
             )
-            if FORGED_RELEASE_DEAD_LETTER is not None:
-                forged.reasons = (FORGED_RELEASE_DEAD_LETTER,)
-                hostile.append(forged)
+            hostile.append(forged)
             sender.send(forged.topic, forged.key, forged.value, forged)
+            sender.send(names.support_actions, None, support_action(canary, "support-bob", keys))
             sender.flush()
             # The round is through the edge once its hostile records are dead letters.
             so_far = len(hostile)
@@ -521,11 +537,13 @@ def test_hostile_input_soak(bootstrap: str, tmp_path: Path, rng: random.Random) 
         assert max(latencies.values()) <= BLOCK_WITHIN_S, latencies
         assert not [u for u in watcher.unblocks if u["reason"] == "released"]
         reports = deployment.read(names.external("mail.reports"), idle_s=1.0)
-        refused = [
-            r for r in reports if r["event"] == "release_refused" and r["actor"] == "mallory"
-        ]
-        if FORGED_RELEASE_DEAD_LETTER is None:
-            assert len(refused) == ROUNDS
+        refused = {
+            r["mailbox"]
+            for r in reports
+            if r["event"] == "release_refused" and r["actor"] == "support-bob"
+        }
+        assert refused == set(canaries)
+        assert not [r for r in reports if r["actor"] == "mallory"]
         alerts = deployment.read(names.external("security.alerts"), idle_s=1.0)
         first = next(a for a in alerts if a["mailbox"] == canaries[0])
         assert (first["owner_id"], first["devices"]) == ("owner-1", list(directory_entry.devices))
