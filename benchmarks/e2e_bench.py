@@ -292,15 +292,14 @@ class Worker:
 
     def lags(self) -> tuple[int, int]:
         """(edge lag on mail.verdicts, agent lag on the internal topic), as the worker
-        reports them (sendguard_consumer_lag: the agent's every 1 s, the edge's every 5 s)."""
+        reports them (sendguard_input_lag, measured from the broker every 2 s, and
+        sendguard_consumer_lag, the agent's every 1 s)."""
         edge = agent = 0.0
         for line in self.metrics().splitlines():
-            if line.startswith("sendguard_consumer_lag{"):
-                value = float(line.rsplit(" ", 1)[1])
-                if "mailbox-events" in line:
-                    agent += value
-                elif "mail.verdicts" in line:
-                    edge += value
+            if line.startswith("sendguard_consumer_lag{") and "mailbox-events" in line:
+                agent += float(line.rsplit(" ", 1)[1])
+            elif line.startswith("sendguard_input_lag{") and "mail.verdicts" in line:
+                edge += float(line.rsplit(" ", 1)[1])
         return int(edge), int(agent)
 
     def verdicts_counted(self) -> int:

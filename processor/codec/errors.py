@@ -1,4 +1,4 @@
-"""The one error of decoding and validating input records."""
+"""The one error of decoding and validating input records, and the dead-letter reasons."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ DecodeReason = Literal[
     "wrong_schema",
     "invalid_record",
     "unauthenticated_action",
+    "field_too_long",
+    "record_too_large",
 ]
 
 # Every reason, so metrics can pre-create one labelled counter per reason at zero.
@@ -27,7 +29,19 @@ DECODE_REASONS: tuple[DecodeReason, ...] = (
     # A support action unsigned, forged, or outside its time window
     # (processor.codec.action_signing).
     "unauthenticated_action",
+    "field_too_long",
+    "record_too_large",
 )
+
+#: Reasons of the edge stage's dead letters beyond the decode reasons:
+#: `produce_failed` a forward of the record was refused for a reason tied to that
+#: record (too large for the topic, refused by the broker); `internal_error` handling
+#: the record raised something unexpected (a bug: dead-lettered so that it cannot
+#: stop the stream, and logged with its traceback).
+EDGE_REASONS: tuple[str, ...] = ("produce_failed", "internal_error")
+
+#: Every reason a dead letter can carry (also the metrics label values).
+DEAD_LETTER_REASONS: tuple[str, ...] = DECODE_REASONS + EDGE_REASONS
 
 
 class DecodeError(Exception):

@@ -2,7 +2,9 @@
 
 Inbound (`*_from_record`): a decoded record (a dict) becomes a policy event, or
 DecodeError `invalid_record` names the field that is missing, ill-typed, empty or
-absurd. Mailboxes are normalised here (`MailboxKey.of`), once, at the edge.
+absurd, and `field_too_long` the one over its limit (`processor.limits`; the
+normalised mailbox is checked too, as lower-casing can lengthen a string).
+Mailboxes are normalised here (`MailboxKey.of`), once, at the edge.
 
 Outbound (`record_of`, `key_of`, `topic_of`): a decision (or an input event, for
 producers and tests) becomes the record name and dict to hand to `Codec.encode`,
@@ -14,12 +16,28 @@ out flat rather than through generic helpers.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Mapping
 from typing import Any, NoReturn
 
 from processor import topics
 from processor.codec.errors import DecodeError
+from processor.limits import (
+    DEAD_LETTER_KEEP_BYTES,
+    DEAD_LETTER_PREFIX_BYTES,
+    MAX_ACTION_ID,
+    MAX_ACTOR,
+    MAX_DEAD_LETTER_DETAIL,
+    MAX_DEVICE_ID,
+    MAX_DEVICES,
+    MAX_MAILBOX,
+    MAX_MESSAGE_ID,
+    MAX_OWNER_ID,
+    MAX_REASON,
+    MAX_RECORD_BYTES,
+    MAX_TENANT_ID,
+)
 from processor.policy.decisions import (
     Alert,
     Block,
@@ -64,10 +82,18 @@ def _get(rec: Mapping[str, Any], record: str, field: str) -> Any:
         ) from None
 
 
-def _str(rec: Mapping[str, Any], record: str, field: str) -> str:
+def _too_long(record: str, field: str, length: int, limit: int, unit: str) -> DecodeError:
+    return DecodeError(
+        "field_too_long", f"{record}.{field}: {length} {unit}, more than the limit of {limit}"
+    )
+
+
+def _str(rec: Mapping[str, Any], record: str, field: str, limit: int) -> str:
     value = _get(rec, record, field)
     if type(value) is not str:
         raise _invalid(record, field, f"expected a string, got {type(value).__name__}")
+    if len(value) > limit:
+        raise _too_long(record, field, len(value), limit, "characters")
     if not value.strip():
         raise _invalid(record, field, "empty")
     return value
@@ -99,8 +125,10 @@ def _bool(rec: Mapping[str, Any], record: str, field: str) -> bool:
 
 
 def _mailbox(rec: Mapping[str, Any], record: str) -> MailboxKey:
-    tenant_id = _str(rec, record, "tenant_id")
-    mailbox = normalise_mailbox(_str(rec, record, "mailbox"))
+    tenant_id = _str(rec, record, "tenant_id", MAX_TENANT_ID)
+    mailbox = normalise_mailbox(_str(rec, record, "mailbox", MAX_MAILBOX))
+    if len(mailbox) > MAX_MAILBOX:  # lower() can lengthen ("İ" becomes two characters)
+        raise _too_long(record, "mailbox", len(mailbox), MAX_MAILBOX, "characters (normalised)")
     return MailboxKey(tenant_id, mailbox)
 
 
@@ -108,9 +136,13 @@ def _devices(rec: Mapping[str, Any], record: str) -> tuple[str, ...]:
     value = _get(rec, record, "devices")
     if not isinstance(value, list | tuple):
         raise _invalid(record, "devices", f"expected a list, got {type(value).__name__}")
+    if len(value) > MAX_DEVICES:
+        raise _too_long(record, "devices", len(value), MAX_DEVICES, "devices")
     for i, device in enumerate(value):
         if type(device) is not str or not device.strip():
             raise _invalid(record, f"devices[{i}]", "expected a non-empty string")
+        if len(device) > MAX_DEVICE_ID:
+            raise _too_long(record, f"devices[{i}]", len(device), MAX_DEVICE_ID, "characters")
     return tuple(value)
 
 
@@ -118,7 +150,9 @@ def _devices(rec: Mapping[str, Any], record: str) -> tuple[str, ...]:
 
 
 def verdict_from_record(rec: Mapping[str, Any]) -> Verdict:
-    """A validated Verdict; DecodeError `invalid_record` naming the field otherwise."""
+    """A validated Verdict (a message id over its limit replaced by its digest, see
+    `bounded_message_id`); DecodeError `invalid_record` or `field_too_long` naming the
+    field otherwise."""
     try:
         tenant_id = rec["tenant_id"]
         message_id = rec["message_id"]
@@ -130,74 +164,116 @@ def verdict_from_record(rec: Mapping[str, Any]) -> Verdict:
         _verdict_problem(rec)
     if (
         type(tenant_id) is str
+        and len(tenant_id) <= MAX_TENANT_ID
         and tenant_id.strip()
         and type(message_id) is str
         and message_id.strip()
         and type(mailbox) is str
+        and len(mailbox) <= MAX_MAILBOX
         and (mailbox := mailbox.strip().lower())  # normalise_mailbox, inlined
+        and len(mailbox) <= MAX_MAILBOX
         and direction is not None
         and kind is not None
         and type(scanned_at) is int
         and 0 <= scanned_at <= MAX_TIMESTAMP_MS
     ):
+        if len(message_id) > MAX_MESSAGE_ID:
+            message_id = bounded_message_id(message_id)
         return Verdict(MailboxKey(tenant_id, mailbox), message_id, direction, kind, scanned_at)
     _verdict_problem(rec)
+
+
+def bounded_message_id(message_id: str) -> str:
+    """The message id as sendguard keeps it: itself up to `MAX_MESSAGE_ID` characters,
+    else `digest:` and the SHA-256 (hex) of its UTF-8 bytes.
+
+    The sender chooses the Message-ID, so refusing a verdict for a long one would let
+    any sender keep its spam from counting; the digest still counts it, still tells
+    retries of one message (same id, same digest) from other messages, and keeps the
+    window, evidence and alert bounded.
+    """
+    if len(message_id) <= MAX_MESSAGE_ID:
+        return message_id
+    digest = hashlib.sha256(message_id.encode("utf-8", "surrogatepass")).hexdigest()
+    return f"digest:{digest}"
 
 
 def _verdict_problem(rec: Mapping[str, Any]) -> NoReturn:
     """The slow path: find and raise the first thing wrong with a verdict record."""
     _mailbox(rec, "Verdict")
-    _str(rec, "Verdict", "message_id")
+    message_id = _get(rec, "Verdict", "message_id")  # any length: see bounded_message_id
+    if type(message_id) is not str:
+        raise _invalid(
+            "Verdict", "message_id", f"expected a string, got {type(message_id).__name__}"
+        )
+    if not message_id.strip():
+        raise _invalid("Verdict", "message_id", "empty")
     for field, allowed in (("direction", _DIRECTIONS), ("verdict", _VERDICTS)):
         value = _get(rec, "Verdict", field)
         if not isinstance(value, str) or value not in allowed:
             raise _invalid("Verdict", field, f"{value!r} is not one of {', '.join(allowed)}")
     _timestamp(rec, "Verdict", "scanned_at")
-    raise AssertionError(f"verdict record rejected but no problem found: {rec!r}")
+    raise AssertionError(f"verdict record rejected but no problem found: {rec!r:.300}")
 
 
 def directory_entry_from_record(rec: Mapping[str, Any]) -> DirectoryEntry:
-    """A validated DirectoryEntry; DecodeError `invalid_record` naming the field otherwise."""
+    """A validated DirectoryEntry; DecodeError `invalid_record` or `field_too_long`."""
     key = _mailbox(rec, "DirectoryEntry")
     return DirectoryEntry(
         key=key,
-        owner_id=_str(rec, "DirectoryEntry", "owner_id"),
+        owner_id=_str(rec, "DirectoryEntry", "owner_id", MAX_OWNER_ID),
         devices=_devices(rec, "DirectoryEntry"),
         at_ms=_timestamp(rec, "DirectoryEntry", "at"),
     )
 
 
 def tenant_settings_from_record(rec: Mapping[str, Any]) -> TenantSettings:
-    """Validated TenantSettings; DecodeError `invalid_record` naming the field otherwise."""
+    """Validated TenantSettings; DecodeError `invalid_record` or `field_too_long`."""
     return TenantSettings(
-        tenant_id=_str(rec, "TenantSettings", "tenant_id"),
+        tenant_id=_str(rec, "TenantSettings", "tenant_id", MAX_TENANT_ID),
         synchronized_security=_bool(rec, "TenantSettings", "synchronized_security"),
         at_ms=_timestamp(rec, "TenantSettings", "at"),
     )
 
 
 def release_from_record(rec: Mapping[str, Any]) -> Release:
-    """A Release from a SupportAction record; DecodeError `invalid_record` naming the field.
+    """A Release from a SupportAction record; DecodeError `invalid_record` or
+    `field_too_long` naming the field.
 
     `action_id` must be present (it is the audit id, and part of a refusal's id). The
     signature is not checked here: `processor.codec.action_signing` does that first.
     """
-    action_id = _str(rec, "SupportAction", "action_id")
+    action_id = _str(rec, "SupportAction", "action_id", MAX_ACTION_ID)
     action = _get(rec, "SupportAction", "action")
     if action != "RELEASE":
         raise _invalid("SupportAction", "action", f"{action!r} is not RELEASE")
     return Release(
         key=_mailbox(rec, "SupportAction"),
-        actor=_str(rec, "SupportAction", "actor"),
-        reason=_str(rec, "SupportAction", "reason"),
+        actor=_str(rec, "SupportAction", "actor", MAX_ACTOR),
+        reason=_str(rec, "SupportAction", "reason", MAX_REASON),
         at_ms=_timestamp(rec, "SupportAction", "at"),
         action_id=action_id,
     )
 
 
 def mailbox_key_from_record(rec: Mapping[str, Any]) -> MailboxKey:
-    """A MailboxKey record as the policy type (mailbox normalised)."""
+    """A MailboxKey record as the policy type (mailbox normalised); DecodeError otherwise."""
     return _mailbox(rec, "MailboxKey")
+
+
+def tenant_key_from_record(rec: Mapping[str, Any]) -> str:
+    """The tenant id of a TenantKey record; DecodeError otherwise."""
+    return _str(rec, "TenantKey", "tenant_id", MAX_TENANT_ID)
+
+
+def check_record_size(data: bytes, what: str = "value") -> None:
+    """DecodeError `record_too_large` when `data` is over `MAX_RECORD_BYTES`: refused
+    before any decoding work."""
+    if len(data) > MAX_RECORD_BYTES:
+        raise DecodeError(
+            "record_too_large",
+            f"{what} of {len(data)} bytes, more than the limit of {MAX_RECORD_BYTES}",
+        )
 
 
 # -- outbound -----------------------------------------------------------------
@@ -410,6 +486,18 @@ def release_attempt_record(
     }
 
 
+def bounded_copy(data: bytes | None) -> bytes | None:
+    """`data` whole when it could be a valid record (at most `DEAD_LETTER_KEEP_BYTES`),
+    else its first `DEAD_LETTER_PREFIX_BYTES`: what a dead letter keeps of a key or value."""
+    if data is None or len(data) <= DEAD_LETTER_KEEP_BYTES:
+        return data
+    return data[:DEAD_LETTER_PREFIX_BYTES]
+
+
+def _sha256(data: bytes | None) -> str | None:
+    return None if data is None else hashlib.sha256(data).hexdigest()
+
+
 def dead_letter_record(
     reason: str,
     detail: str,
@@ -421,14 +509,25 @@ def dead_letter_record(
     value: bytes | None,
     at_ms: int,
 ) -> Record:
-    """The DeadLetter value for an input record that could not be used."""
+    """The DeadLetter value for an input record that could not be used.
+
+    Bounded whatever the input: key and value are cut by `bounded_copy` (their original
+    sizes and SHA-256 are kept beside them) and the detail to `MAX_DEAD_LETTER_DETAIL`
+    characters, so a dead letter always fits the producer's limit.
+    """
+    if len(detail) > MAX_DEAD_LETTER_DETAIL:
+        detail = detail[: MAX_DEAD_LETTER_DETAIL - 1] + "…"
     return {
         "reason": reason,
         "detail": detail,
         "source_topic": source_topic,
         "source_partition": source_partition,
         "source_offset": source_offset,
-        "key": key,
-        "value": value,
+        "key": bounded_copy(key),
+        "value": bounded_copy(value),
         "at": at_ms,
+        "key_size": None if key is None else len(key),
+        "key_sha256": _sha256(key),
+        "value_size": None if value is None else len(value),
+        "value_sha256": _sha256(value),
     }

@@ -22,7 +22,7 @@ from typing import Final, get_args
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from processor import __version__
-from processor.codec.errors import DECODE_REASONS
+from processor.codec.errors import DEAD_LETTER_REASONS as _DEAD_LETTER_REASONS
 from processor.ops.audit import OUTCOMES as RELEASE_ATTEMPT_OUTCOMES
 from processor.policy.decisions import (
     Alert,
@@ -40,8 +40,8 @@ from processor.policy.events import Direction, VerdictKind
 DIRECTIONS: Final = tuple(d.value for d in Direction)
 VERDICTS: Final = tuple(v.value for v in VerdictKind)
 IGNORED_REASONS: Final = ("late", "duplicate", "while_blocked", "before_reset")
-# One source of truth for dead-letter reasons: the codec's decode error codes.
-DEAD_LETTER_REASONS: Final[tuple[str, ...]] = DECODE_REASONS
+# One source of truth for dead-letter reasons: the decode error codes and the edge's own.
+DEAD_LETTER_REASONS: Final[tuple[str, ...]] = _DEAD_LETTER_REASONS
 UNBLOCK_REASONS: Final[tuple[str, ...]] = get_args(UnblockReason)
 ALERT_KINDS: Final[tuple[str, ...]] = get_args(AlertKind)
 # The default policy blocks permanently on the 6th offense, so 1..6 are every
@@ -112,6 +112,12 @@ class Metrics:
             "sendguard_worker_info",
             "sendguard_release_attempts_total",
             "sendguard_audit_suppressed_total",
+            "sendguard_edge_up",
+            "sendguard_edge_restarts_total",
+            "sendguard_edge_stalled",
+            "sendguard_edge_batch_retries_total",
+            "sendguard_input_lag",
+            "sendguard_dead_letter_failures_total",
         }
     )
 
@@ -192,7 +198,8 @@ class Metrics:
         )
         self._lag = Gauge(
             "sendguard_consumer_lag",
-            "Records not yet consumed, by topic and partition.",
+            "Records of the internal topic not yet processed by this worker's lockout "
+            "agent, by partition (the edge's input: sendguard_input_lag).",
             ["topic", "partition"],
             registry=registry,
         )
@@ -210,6 +217,43 @@ class Metrics:
             "not written to mail.reports and the log one by one.",
             registry=registry,
         )
+        self._edge_up = Gauge(
+            "sendguard_edge_up",
+            "1 while this worker's edge stage process is alive and reporting, else 0.",
+            registry=registry,
+        )
+        self._edge_restarts = Counter(
+            "sendguard_edge_restarts_total",
+            "Edge stage processes that exited and were (or are about to be) restarted.",
+            registry=registry,
+        )
+        self._edge_stalled = Gauge(
+            "sendguard_edge_stalled",
+            "1 while a partition this worker's edge holds has records waiting and no "
+            "commit for 30 s, else 0.",
+            registry=registry,
+        )
+        self._edge_batch_retries = Counter(
+            "sendguard_edge_batch_retries_total",
+            "Edge batches produced again after a failure not about one record "
+            "(broker unreachable, delivery timed out, schema registry down).",
+            registry=registry,
+        )
+        self._input_lag = Gauge(
+            "sendguard_input_lag",
+            "Records of an edge input topic partition not yet committed by the edge's "
+            "consumer group, measured by the worker from the broker (group-wide: every "
+            "worker reports every partition).",
+            ["topic", "partition"],
+            registry=registry,
+        )
+        self._dead_letter_failures = Counter(
+            "sendguard_dead_letter_failures_total",
+            "Records that should have been dead-lettered but whose dead letter was "
+            "refused; each is logged with its source offset and skipped.",
+            ["reason"],
+            registry=registry,
+        )
         self._info = Gauge(
             "sendguard_worker_info",
             "Always 1; the labels describe the running worker.",
@@ -224,6 +268,7 @@ class Metrics:
             self._ignored.labels(reason)
         for reason in DEAD_LETTER_REASONS:
             self._dead_letters.labels(reason)
+            self._dead_letter_failures.labels(reason)
         # Both permanence values for every offense: which offense is permanent is a
         # policy setting, and a missing series would read as "no data", not 0.
         for offense in PRECREATED_OFFENSES:
@@ -269,6 +314,32 @@ class Metrics:
     def audit_suppressed(self) -> None:
         """Count one unauthenticated release attempt not audited one by one."""
         self._audit_suppressed.inc()
+
+    def dead_letter_failure(self, reason: str, count: int = 1) -> None:
+        """Count records whose dead letter was refused (logged and skipped)."""
+        self._dead_letter_failures.labels(reason).inc(count)
+
+    def set_edge_up(self, up: bool) -> None:
+        """Whether this worker's edge stage is alive and reporting."""
+        self._edge_up.set(1 if up else 0)
+
+    def edge_restarted(self, count: int = 1) -> None:
+        """Count edge processes that exited (0 is allowed and changes nothing)."""
+        if count:
+            self._edge_restarts.inc(count)
+
+    def set_edge_stalled(self, stalled: bool) -> None:
+        """Whether this worker's edge holds records it has not committed for too long."""
+        self._edge_stalled.set(1 if stalled else 0)
+
+    def edge_batch_retries(self, count: int = 1) -> None:
+        """Count edge batches produced again after a failure not about one record."""
+        if count:
+            self._edge_batch_retries.inc(count)
+
+    def set_input_lag(self, topic: str, partition: int, lag: int) -> None:
+        """Set the edge group's lag on one input partition (measured from the broker)."""
+        self._input_lag.labels(topic, str(partition)).set(lag)
 
     def decisions(
         self, decisions: Iterable[Decision], now_ms: int, triggered_at_ms: int | None

@@ -282,7 +282,9 @@ def run_worker(
     from processor.ops.recent import RecentEvents
     from processor.stream.agents import define_lockout_agent
     from processor.stream.app import create_app
+    from processor.stream.bounds import check_record_bounds
     from processor.stream.edge import EdgeConfig
+    from processor.stream.edge_health import EdgeHealth, InputLagMonitor
     from processor.stream.edge_process import EdgeSupervisor
     from processor.stream.librdkafka_settings import worker_client_settings
     from processor.stream.lookups import LookupReader, Lookups
@@ -297,6 +299,12 @@ def run_worker(
     names = settings.names
     # Slower reconnects and librdkafka's lines in our (capped) log: see librdkafka_settings.
     client_config = {**settings.connection.confluent(), **worker_client_settings()}
+    codec = Codec.from_config(settings.codec)
+    try:
+        # Nothing that passes the edge may make a record this worker writes too large.
+        check_record_bounds(settings.policy, codec, names)
+    except ValueError as error:
+        raise click.ClickException(str(error)) from None
     try:
         partitions = ensure_internal_topic(
             client_config, names.mailbox_events, settings.partitions, settings.replication_factor
@@ -311,7 +319,6 @@ def run_worker(
             settings.partitions,
         )
     (settings.data_dir / names.app_id).mkdir(parents=True, exist_ok=True)
-    codec = Codec.from_config(settings.codec)
     lookups = Lookups()
     reader = LookupReader(client_config, codec, names.directory, names.settings, lookups)
     try:
@@ -338,7 +345,7 @@ def run_worker(
         lookups=lookups,
         metrics=metrics,
     )
-    supervisor = None
+    supervisor = monitor = health = None
     if edge:
         supervisor = EdgeSupervisor(
             EdgeConfig(
@@ -356,15 +363,22 @@ def run_worker(
             ),
             rt.add_edge_counts,
         )
+        monitor = InputLagMonitor(
+            client_config, names.edge_group, [names.verdicts, names.support_actions]
+        )
+        health = EdgeHealth(supervisor, monitor, metrics)
     define_lockout_agent(app, rt)
-    define_timers(app, rt, supervisor, settings.expiry_interval_s)
+    define_timers(app, rt, health, settings.expiry_interval_s)
     rt.on_decisions.append(log_decisions)
-    define_web(
-        app,
-        WebContext(rt, access or Access(), codec, RecentEvents(), action_keys=settings.action_keys),
+    web = WebContext(
+        rt, access or Access(), codec, RecentEvents(), action_keys=settings.action_keys
     )
-    if supervisor is not None:
+    if health is not None:
+        web.edge_problem = lambda: health.problem
+    define_web(app, web)
+    if supervisor is not None and monitor is not None:
         supervisor.start()
+        monitor.start()
     try:
         # The web port and host are app settings (create_app), not worker options.
         # override_logging=False: keep configure_logging's format (JSON off a terminal).
@@ -372,6 +386,8 @@ def run_worker(
     finally:
         if supervisor is not None:
             supervisor.stop()
+        if monitor is not None:
+            monitor.stop()
         reader.stop()
 
 

@@ -140,6 +140,13 @@ class LookupReader:
                 message.offset(),
                 error,
             )
+        except Exception:
+            # A bug, not the record's fault; still only this record is skipped, so a
+            # hostile entry can never keep the worker from starting or following.
+            self.skipped += 1
+            log.exception(
+                "skipping %s[%d]@%d", message.topic(), message.partition(), message.offset()
+            )
 
 
 def watermarks(consumer: Any, tp: Any, deadline: float) -> tuple[int, int]:
@@ -173,18 +180,26 @@ def apply_record(
 
     A record without a value (a tombstone) deletes its key: the directory service
     removed the mailbox, or the tenant's settings, which then fall back to the
-    default. Raises DecodeError for bytes that are not the topic's records.
+    default. Raises DecodeError for bytes that are not the topic's records, and for
+    records over the limits of `processor.limits` (`record_too_large` before any
+    decoding, `field_too_long`): an entry's owner and devices end up in every scan
+    request and alert of a block, so they are bounded like the edge's input.
     """
     if value is None:
         if key is None:
             return  # a keyless tombstone deletes nothing
+        records.check_record_size(key, "key")
         if directory:
             lookups.forget_directory(
                 records.mailbox_key_from_record(codec.decode_as("MailboxKey", key))
             )
         else:
-            lookups.forget_settings(str(codec.decode_as("TenantKey", key)["tenant_id"]))
-    elif directory:
+            lookups.forget_settings(
+                records.tenant_key_from_record(codec.decode_as("TenantKey", key))
+            )
+        return
+    records.check_record_size(value)
+    if directory:
         lookups.put_directory(
             records.directory_entry_from_record(codec.decode_as("DirectoryEntry", value))
         )

@@ -146,8 +146,9 @@ class Runtime:
             metrics.qualifying(counts.qualifying)
         for reason, n in counts.dead_letters.items():
             metrics.dead_letter(reason, n)
-        for (topic, partition), lag in counts.lag.items():
-            metrics.set_lag(topic, partition, lag)
+        for reason, n in counts.dead_letter_failures.items():
+            metrics.dead_letter_failure(reason, n)
+        metrics.edge_batch_retries(counts.batch_retries)
 
     def stored_states(self) -> list[tuple[bytes, dict[str, Any]]]:
         """(key bytes, state record) of every mailbox in the local store."""

@@ -1,4 +1,4 @@
-"""Wall-clock work of the worker: expiry ticks, the eviction sweep, gauges, the edge.
+"""Wall-clock work of the worker: expiry ticks, the eviction sweep, gauges, the edge's health.
 
 Timers never change state themselves: due blocks and forgettable states are turned
 into ticks on the internal topic, keyed by the mailbox, and the agent handles them
@@ -17,7 +17,7 @@ from typing import TypeVar
 import faust
 
 from processor.policy import MailboxState, forgettable
-from processor.stream.edge_process import EdgeSupervisor
+from processor.stream.edge_health import EdgeHealth
 from processor.stream.events import ExpiryTick, SweepTick, decode_key, encode_event
 from processor.stream.runtime import Runtime, wall_ms
 
@@ -41,7 +41,7 @@ def _guarded(function: F) -> F:
 
 
 def define_timers(
-    app: faust.App, rt: Runtime, edge: EdgeSupervisor | None, expiry_interval_s: float
+    app: faust.App, rt: Runtime, edge: EdgeHealth | None, expiry_interval_s: float
 ) -> None:
     topic = rt.names.mailbox_events
 
@@ -58,7 +58,7 @@ def define_timers(
     @_guarded
     async def report() -> None:
         if edge is not None:
-            edge.poll()
+            edge.update()  # restarts a dead edge when its backoff is over; edge metrics
         rt.metrics.set_blocks(*rt.index.counts())
         for tp in app.assignor.assigned_actives():
             if tp.topic == topic and tp.partition in rt.processed:

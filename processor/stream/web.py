@@ -1,7 +1,8 @@
 """The worker's web layer, on Faust's web server (aiohttp).
 
     GET  /health                                   liveness, no token, no data
-    GET  /ready                                    200 once the tables have recovered
+    GET  /ready                                    200 once the tables have recovered, while
+                                                   the edge stage is up and not stalled
     GET  /metrics                                  Prometheus, no token
     GET  /api/mailboxes/{tenant}/{mailbox}         admin token: state, block, next penalty
     GET  /api/blocks[?tenant=T]                    admin token: current blocks, every worker
@@ -92,6 +93,9 @@ class WebContext:
     action_keys: ActionKeys = field(default_factory=ActionKeys)
     #: Set by the table's first recovery (readiness).
     recovered: bool = False
+    #: Why the worker's edge stage is not doing its job, or None (readiness); None
+    #: itself when the worker runs no edge stage.
+    edge_problem: Callable[[], str | None] | None = None
 
 
 class BodyTooLarge(Exception):
@@ -245,6 +249,10 @@ class WorkerWeb:
             return _json(503, {"ready": False, "reason": "tables not recovered yet"})
         if self.app.rebalancing or getattr(self.app, "in_recovery", False):
             return _json(503, {"ready": False, "reason": "rebalancing"})
+        # A worker whose edge is down or stalled reads no verdicts: nobody is protected.
+        problem = self.ctx.edge_problem() if self.ctx.edge_problem is not None else None
+        if problem is not None:
+            return _json(503, {"ready": False, "reason": problem})
         return _json(200, {"ready": True})
 
     async def metrics(self, request: Any) -> Any:

@@ -321,10 +321,15 @@ def test_status_release_and_metrics(live: Live) -> None:
     assert (attempts("refused"), attempts("invalid_request"), attempts("released")) == (1, 1, 1)
     assert m["sendguard_decision_latency_seconds_count", ()] == 3
     assert (m["sendguard_active_timed_blocks", ()], m["sendguard_permanent_blocks", ()]) == (1, 0)
-    lag_topics = {
-        dict(labels)["topic"] for (n, labels) in m if n == "sendguard_consumer_lag" and labels
-    }
-    assert {names.verdicts, names.mailbox_events} <= lag_topics
+
+    def lag_topics(name: str) -> set[str]:
+        return {dict(labels)["topic"] for (n, labels) in m if n == name and labels}
+
+    assert names.mailbox_events in lag_topics("sendguard_consumer_lag")
+    # The edge's input lag, measured by the worker from the broker.
+    assert {names.verdicts, names.support_actions} <= lag_topics("sendguard_input_lag")
+    assert m["sendguard_edge_up", ()] == 1
+    assert m["sendguard_edge_restarts_total", ()] == 0
 
 
 def test_tokens(live: Live, tmp_path: Path) -> None:

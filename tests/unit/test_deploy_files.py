@@ -191,6 +191,12 @@ def test_dashboard_shows_what_an_operator_needs() -> None:
         "sendguard_decision_latency_seconds_bucket",
         "sendguard_consumer_lag",
         "sendguard_worker_info",
+        "sendguard_edge_up",
+        "sendguard_edge_stalled",
+        "sendguard_edge_restarts_total",
+        "sendguard_input_lag",
+        "sendguard_dead_letter_failures_total",
+        "sendguard_edge_batch_retries_total",
     }
     assert expected <= used
     exprs = [expr for _, expr in dashboard_queries()]
@@ -234,6 +240,11 @@ def test_alert_rules_exist_with_for_labels_and_annotations() -> None:
         "SendguardDeadLettersRising",
         "SendguardBlockStorm",
         "SendguardUnauthenticatedSupportAction",
+        "SendguardEdgeDown",
+        "SendguardEdgeStalled",
+        "SendguardEdgeRestarting",
+        "SendguardInputLagGrowing",
+        "SendguardDeadLetterFailures",
     }
     for name, rule in rules.items():
         assert re.fullmatch(r"\d+[smh]", rule["for"]), name
@@ -254,10 +265,30 @@ def test_worker_down_rule_watches_the_scrape_job() -> None:
         ("SendguardBlockStorm", "sendguard_blocks_total"),
         ("SendguardUnauthenticatedSupportAction", "sendguard_dead_letters_total"),
         ("SendguardReleaseAuthFailures", "sendguard_release_attempts_total"),
+        ("SendguardEdgeDown", "sendguard_edge_up"),
+        ("SendguardEdgeStalled", "sendguard_edge_stalled"),
+        ("SendguardEdgeRestarting", "sendguard_edge_restarts_total"),
+        ("SendguardInputLagGrowing", "sendguard_input_lag"),
+        ("SendguardDeadLetterFailures", "sendguard_dead_letter_failures_total"),
     ],
 )
 def test_each_rule_reads_its_metric(rule: str, metric: str) -> None:
     assert metric in metric_names_in(alert_rules()[rule]["expr"])
+
+
+def test_the_edge_is_watched_from_outside_it() -> None:
+    # A dead edge reports nothing: the rules must read what the worker measures
+    # itself (its supervisor's view, the input lag it asks the broker for), and take
+    # the group-wide lag's maximum, since every worker reports every partition.
+    rules = alert_rules()
+    assert rules["SendguardEdgeDown"]["labels"]["severity"] == "critical"
+    assert rules["SendguardEdgeStalled"]["labels"]["severity"] == "critical"
+    lag = rules["SendguardInputLagGrowing"]["expr"]
+    assert "max by (topic) (sendguard_input_lag)" in lag
+    assert "sum" not in lag
+    exprs = [expr for _, expr in dashboard_queries()]
+    assert "max by (topic, partition) (sendguard_input_lag)" in exprs
+    assert "min(sendguard_edge_up)" in exprs
 
 
 def test_alert_rules_use_only_exported_metrics() -> None:

@@ -42,11 +42,26 @@ class _Message:
 
 
 class _Producer:
+    """Delivers every record at flush (the stage counts dead letters on delivery)."""
+
     def __init__(self) -> None:
         self.sent: list[tuple[str, bytes | None, bytes]] = []
+        self.pending: list[Any] = []
 
-    def produce(self, topic: str, value: bytes, key: bytes | None, **_: Any) -> None:
+    def produce(self, topic: str, value: bytes, key: bytes | None, on_delivery: Any) -> None:
         self.sent.append((topic, key, value))
+        self.pending.append(on_delivery)
+
+    def flush(self, timeout: float) -> int:
+        pending, self.pending = self.pending, []
+        for on_delivery in pending:
+            on_delivery(None, None)
+        return 0
+
+
+class _Consumer:
+    def commit(self, **_: Any) -> None:
+        pass
 
 
 def _action(keys: ActionKeys | None, at_ms: int, **change: Any) -> bytes:
@@ -60,9 +75,9 @@ def test_only_signed_fresh_actions_reach_the_internal_topic() -> None:
     now = int(time.time() * 1000)
     producer = _Producer()
     config = EdgeConfig({}, "g", "verdicts", "support", "internal", "dead", action_keys=KEYS)
-    stage = EdgeStage(config, None, producer, CODEC)
+    stage = EdgeStage(config, _Consumer(), producer, CODEC)
     signed = _action(KEYS, now)
-    stage.process_batch(
+    stage.handle_batch(
         [
             _Message(signed, 0),
             _Message(_action(None, now), 1),  # unsigned
@@ -92,6 +107,8 @@ def test_only_signed_fresh_actions_reach_the_internal_topic() -> None:
 
 def test_without_keys_every_action_is_dead_lettered() -> None:
     producer = _Producer()
-    stage = EdgeStage(EdgeConfig({}, "g", "v", "support", "i", "dead"), None, producer, CODEC)
-    stage.process_batch([_Message(_action(KEYS, int(time.time() * 1000)), 0)])
+    stage = EdgeStage(
+        EdgeConfig({}, "g", "v", "support", "i", "dead"), _Consumer(), producer, CODEC
+    )
+    stage.handle_batch([_Message(_action(KEYS, int(time.time() * 1000)), 0)])
     assert [topic for topic, _, _ in producer.sent] == ["dead"]
