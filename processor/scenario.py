@@ -41,6 +41,7 @@ from processor.policy.events import (
     Tick,
     Verdict,
     VerdictKind,
+    bounded_message_id,
 )
 
 E = TypeVar("E", Direction, VerdictKind)
@@ -123,7 +124,8 @@ def parse_record(raw: Mapping[str, Any]) -> Event:
     if kind == "verdict":
         return Verdict(
             key=_key(raw),
-            message_id=_string(raw, "message_id", limits.MAX_MESSAGE_ID),
+            # As live: a longer id than MAX_MESSAGE_ID is kept (and counted) as its digest.
+            message_id=bounded_message_id(_string(raw, "message_id", limits.MAX_RECORD_BYTES)),
             direction=_enum(raw, "direction", Direction),
             verdict=_enum(raw, "verdict", VerdictKind),
             scanned_at_ms=parse_timestamp(_field(raw, "scanned_at"), "scanned_at"),

@@ -56,6 +56,7 @@ from processor.policy.events import (
     TenantSettings,
     Verdict,
     VerdictKind,
+    bounded_message_id,
     normalise_mailbox,
 )
 
@@ -181,21 +182,6 @@ def verdict_from_record(rec: Mapping[str, Any]) -> Verdict:
             message_id = bounded_message_id(message_id)
         return Verdict(MailboxKey(tenant_id, mailbox), message_id, direction, kind, scanned_at)
     _verdict_problem(rec)
-
-
-def bounded_message_id(message_id: str) -> str:
-    """The message id as sendguard keeps it: itself up to `MAX_MESSAGE_ID` characters,
-    else `digest:` and the SHA-256 (hex) of its UTF-8 bytes.
-
-    The sender chooses the Message-ID, so refusing a verdict for a long one would let
-    any sender keep its spam from counting; the digest still counts it, still tells
-    retries of one message (same id, same digest) from other messages, and keeps the
-    window, evidence and alert bounded.
-    """
-    if len(message_id) <= MAX_MESSAGE_ID:
-        return message_id
-    digest = hashlib.sha256(message_id.encode("utf-8", "surrogatepass")).hexdigest()
-    return f"digest:{digest}"
 
 
 def _verdict_problem(rec: Mapping[str, Any]) -> NoReturn:

@@ -8,7 +8,10 @@ compared as given (docs/policy.md, "Terms").
 from __future__ import annotations
 
 import enum
+import hashlib
 from dataclasses import dataclass
+
+from processor.limits import MAX_MESSAGE_ID
 
 #: The last usable event time, 9999-12-31T23:59:59.999Z (the end of ISO-8601's four-digit
 #: years): a later (or negative) time is a broken clock, not data.
@@ -43,6 +46,21 @@ _CLEAN = VerdictKind.CLEAN
 def normalise_mailbox(address: str) -> str:
     """The mailbox as the policy compares it: surrounding whitespace stripped, lower-cased."""
     return address.strip().lower()
+
+
+def bounded_message_id(message_id: str) -> str:
+    """The message id as sendguard keeps it: itself up to `MAX_MESSAGE_ID` characters,
+    else `digest:` and the SHA-256 (hex) of its UTF-8 bytes.
+
+    The sender chooses the Message-ID, so refusing a verdict for a long one would let
+    any sender keep its spam from counting; the digest still counts it, still tells
+    retries of one message (same id, same digest) from other messages, and keeps the
+    window, evidence and alert bounded.
+    """
+    if len(message_id) <= MAX_MESSAGE_ID:
+        return message_id
+    digest = hashlib.sha256(message_id.encode("utf-8", "surrogatepass")).hexdigest()
+    return f"digest:{digest}"
 
 
 @dataclass(frozen=True, slots=True)

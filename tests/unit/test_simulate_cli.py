@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from processor.limits import MAX_MESSAGE_ID, MAX_RECORD_BYTES
+from processor.policy.events import bounded_message_id
 from processor.simulate import simulate
 
 
@@ -289,8 +291,9 @@ HOSTILE_LINES: dict[str, tuple[bytes, str]] = {
         "at: '9999-12-31T23:00:00Z' is outside 1970-01-01 .. 9899-12-30T23:59:59.999Z",
     ),
     "message_id": (
-        json.dumps({**BURST[0], "message_id": "m" * 999}).encode(),
-        "field_too_long: message_id is 999 characters long, at most 998",
+        json.dumps({**BURST[0], "message_id": "m" * (MAX_RECORD_BYTES + 1)}).encode(),
+        f"field_too_long: message_id is {MAX_RECORD_BYTES + 1} characters long, "
+        f"at most {MAX_RECORD_BYTES}",
     ),
     "mailbox": (
         json.dumps({**BURST[0], "mailbox": "a" * 309 + "@example.com"}).encode(),
@@ -416,3 +419,18 @@ def test_console_script_prints_no_traceback_for_any_hostile_line(tmp_path: Path)
     errors = result.stderr.decode().splitlines()
     assert [e.split(":")[0] for e in errors] == [f"line {n}" for n in range(1, 14)]
     assert "Traceback" not in result.stderr.decode()
+
+
+def test_a_long_message_id_counts_under_its_digest_as_live(tmp_path: Path) -> None:
+    # The sender chooses the Message-ID: one longer than MAX_MESSAGE_ID is counted under
+    # its digest (as the live edge stage does), never refused, so long ids cannot keep
+    # spam from counting; retries of one long id are still one message.
+    longs = [f"{i}" + "m" * MAX_MESSAGE_ID for i in range(5)]
+    burst = [{**line, "message_id": mid} for line, mid in zip(BURST, longs, strict=True)]
+    retry = {**burst[0], "scanned_at": "2026-01-05T10:00:30Z"}
+    code, out, err = _simulate_bytes(tmp_path, _lines(*burst[:4], retry, burst[4]).encode())
+    assert (code, err) == (0, "")
+    (block,) = [line for line in out if line["type"] == "block"]
+    (alert,) = [line for line in out if line["type"] == "alert"]
+    assert alert["message_ids"] == [bounded_message_id(mid) for mid in longs]
+    assert block["offense"] == 1
