@@ -23,7 +23,6 @@ from processor.demo.parts import (
     free_port,
     release_via_api,
     scrape_metrics,
-    sendguard_command,
 )
 from processor.demo.scenario import DEMO_POLICY, END_S, Step, build_scenario
 from processor.demo.show import (
@@ -34,6 +33,7 @@ from processor.demo.show import (
     print_summary,
     summarise,
 )
+from processor.local.sendguard_services import sendguard_command
 from processor.stream.topics import TopicNames
 
 
