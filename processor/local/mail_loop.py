@@ -61,6 +61,21 @@ class MailServices:
             "the gateway as check_policy_service"
         )
 
+    def ports(self) -> dict[str, int]:
+        """Every port the services listen on, by what listens there."""
+        ports = {
+            "sendguard ingest": self.ingest.port,
+            "sendguard ingest web": self.ingest.web_port,
+            "sendguard gateway": self.gateway.port,
+            "sendguard gateway web": self.gateway.web_port,
+            "rspamd proxy": self.rspamd.proxy_port,
+            "rspamd": self.rspamd.normal_port,
+            "rspamd controller": self.rspamd.controller_port,
+        }
+        if self.postfix is not None:
+            ports["postfix smtpd"] = self.postfix.port
+        return ports
+
     def diagnose(self) -> str:
         """The tails of every part's log."""
         parts = [self.ingest.log_tail(), self.rspamd.log_tail(), self.gateway.log_tail()]

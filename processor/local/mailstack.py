@@ -77,13 +77,14 @@ config['regexp']['SENDGUARD_TEST_SPAM'] = {{
 
 
 def mail_packages_missing(search_path: str | None = None) -> list[str]:
-    """The Debian packages (rspamd, postfix) whose programs are not found on
-    `search_path` (default: $PATH) or in /usr/sbin, where Debian puts postfix."""
-    path = search_path if search_path is not None else os.environ.get("PATH", "")
+    """The Debian packages (rspamd, postfix) whose programs are not on `search_path`
+    (default: $PATH and /usr/sbin, where Debian puts postfix and root's PATH may not)."""
+    if search_path is None:
+        search_path = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin"])
     return [
         package
         for package, program in MAIL_PACKAGES
-        if shutil.which(program, path=path) is None and not Path(f"/usr/sbin/{program}").exists()
+        if shutil.which(program, path=search_path) is None
     ]
 
 
