@@ -195,7 +195,12 @@ class Watcher(threading.Thread):
                 ]
             )
             while not self._stop_event.is_set():
-                for message in self._consumer.consume(100, 0.2):
+                # poll returns as soon as one record is there (consume(n, timeout) would
+                # hold it until n arrive or the timeout ends); then take what else came.
+                first = self._consumer.poll(0.2)
+                if first is None:
+                    continue
+                for message in [first, *self._consumer.consume(100, 0)]:
                     if message.error() is None:
                         self._handle(message)
         except Exception as error:  # shown by the demo; the worker keeps running
