@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import shutil
 import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -28,16 +26,6 @@ def free_port(preferred: int) -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def sendguard_command() -> list[str]:
-    script = Path(sys.executable).parent / "sendguard"
-    if script.exists():
-        return [str(script)]
-    found = shutil.which("sendguard")
-    if found:
-        return [found]
-    return [sys.executable, "-c", "import sys; from processor.cli import main; sys.exit(main())"]
 
 
 def broker_answers(bootstrap: str) -> bool:

@@ -23,7 +23,6 @@ from processor.demo.parts import (
     free_port,
     release_via_api,
     scrape_metrics,
-    sendguard_command,
 )
 from processor.demo.scenario import DEMO_POLICY, END_S, Step, build_scenario
 from processor.demo.show import (
@@ -34,6 +33,7 @@ from processor.demo.show import (
     print_summary,
     summarise,
 )
+from processor.local.sendguard_services import sendguard_command
 from processor.stream.topics import TopicNames
 
 
@@ -187,12 +187,32 @@ def start_worker(
     cleanup: Cleanup,
 ) -> Worker:
     """`sendguard worker` with the demo policy, ready; its URLs printed."""
+    worker = launch_worker(bootstrap, names, tokens, web_port, DEMO_POLICY, cleanup)
+    console.line(
+        "worker: starting (policy: 5 qualifying in 20s; blocks 5s, 10s, "
+        "then permanent on the 3rd offense)"
+    )
+    worker.wait_ready(120)
+    announce_worker(worker, tokens, console, "globex", "sales@globex.example")
+    return worker
+
+
+def launch_worker(
+    bootstrap: str,
+    names: TopicNames,
+    tokens: DemoTokens,
+    web_port: int,
+    policy: dict[str, object],
+    cleanup: Cleanup,
+) -> Worker:
+    """Starts `sendguard worker` with `policy` (memory store, a scratch directory of its
+    own); `Worker.wait_ready` waits for it. Its stop and scratch removal go to `cleanup`."""
     import yaml
 
     scratch = Path(tempfile.mkdtemp(prefix="sendguard-demo-"))
     cleanup.append(lambda: shutil.rmtree(scratch, ignore_errors=True))
     policy_file = scratch / "policy.yaml"
-    policy_file.write_text(yaml.safe_dump(DEMO_POLICY, sort_keys=False))
+    policy_file.write_text(yaml.safe_dump(policy, sort_keys=False))
     port = free_port(web_port)
     log_path = scratch / "worker.log"
     token_file = scratch / "support-tokens"
@@ -226,21 +246,22 @@ def start_worker(
         )
     worker = Worker(process, f"http://127.0.0.1:{port}", log_path)
     cleanup.append(worker.stop)
-    console.line(
-        "worker: starting (policy: 5 qualifying in 20s; blocks 5s, 10s, "
-        "then permanent on the 3rd offense)"
-    )
-    worker.wait_ready(120)
-    console.line(f"worker: ready, pid {process.pid}, logs (JSON lines) in {log_path}")
+    return worker
+
+
+def announce_worker(
+    worker: Worker, tokens: DemoTokens, console: Console, tenant: str, mailbox: str
+) -> None:
+    """Where to look while the demo runs: metrics, status page, the API for `mailbox`."""
+    console.line(f"worker: ready, pid {worker.process.pid}, logs (JSON lines) in {worker.log}")
     console.plain()
     console.plain(f"  metrics      {worker.url}/metrics")
     console.plain(f"  status page  {worker.url}/status?token={tokens.admin}")
     console.plain(
         f"  API          SENDGUARD_URL={worker.url} SENDGUARD_ADMIN_TOKEN={tokens.admin} "
-        "sendguard status globex sales@globex.example"
+        f"sendguard status {tenant} {mailbox}"
     )
     console.plain()
-    return worker
 
 
 def output_topics(names: TopicNames) -> dict[str, str]:
@@ -320,14 +341,32 @@ def _settled(records: DemoRecords) -> bool:
     help="Worker web port (metrics, API, status page); another if taken.",
 )
 @click.option("--keep-topics", is_flag=True, help="Keep the demo's topics afterwards.")
-def demo(bootstrap: str | None, web_port: int, keep_topics: bool) -> None:
-    """Show sendguard working: a live scenario on the local broker, in about a minute."""
+@click.option(
+    "--mail/--no-mail",
+    default=None,
+    help="Play the mail loop (real SMTP through a private Postfix and rspamd, sendguard "
+    "ingest and gateway) or the classic scenario on Kafka.  [default: the mail loop when "
+    "rspamd and postfix are installed and it runs as root, else the classic one]",
+)
+def demo(bootstrap: str | None, web_port: int, keep_topics: bool, mail: bool | None) -> None:
+    """Show sendguard working, live, in well under two minutes."""
+    from processor.demo.choice import choose_demo
+    from processor.local.mailstack import mail_packages_missing
+
     out = sys.stdout
-    result = run_demo(
-        DemoOptions(bootstrap=bootstrap, web_port=web_port, keep_topics=keep_topics),
-        out,
-        color=out.isatty(),
-    )
+    options = DemoOptions(bootstrap=bootstrap, web_port=web_port, keep_topics=keep_topics)
+    choice = choose_demo(mail, mail_packages_missing(), os.geteuid() == 0)
+    if choice.note:
+        click.echo(choice.note)
+    if choice.mail:
+        from processor.demo.mail_run import run_mail_demo
+
+        mail_result = run_mail_demo(options, out, color=out.isatty())
+        click.echo(f"demo finished in {mail_result.elapsed_s:.0f}s")
+        if mail_result.failures:
+            raise click.ClickException("the mail loop did not do what it should (see above)")
+        return
+    result = run_demo(options, out, color=out.isatty())
     click.echo(f"demo finished in {result.elapsed_s:.0f}s")
     if not _settled(result.records):
         raise click.ClickException("some expected events did not arrive (see above)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TextIO
@@ -20,6 +21,8 @@ class DemoRecords:
     scans: list[dict[str, Any]] = field(default_factory=list)
     alerts: list[dict[str, Any]] = field(default_factory=list)
     reports: list[dict[str, Any]] = field(default_factory=list)
+    #: Verdicts on mail.verdicts (the mail demo watches them; the classic one writes them).
+    verdicts: list[dict[str, Any]] = field(default_factory=list)
     #: (mailbox, HTTP status, answer) of each support release made through the API.
     releases: list[tuple[str, int, dict[str, Any]]] = field(default_factory=list)
 
@@ -144,11 +147,21 @@ def describe_record(kind: str, record: dict[str, Any]) -> tuple[str, str | None]
     return f"  report {who}  {event}{extra}", "magenta" if "release" in event else None
 
 
+#: (kind, record, when the record was written: its Kafka timestamp in epoch ms)
+OnRecord = Callable[[str, dict[str, Any], int], None]
+
+
 class Watcher(threading.Thread):
-    """Reads the output topics from their beginning (they are the demo's own) and prints."""
+    """Reads the demo's topics from their beginning (they are the demo's own), keeps
+    each record in `records`, tells `on_record`, and prints it unless `console` is None."""
 
     def __init__(
-        self, client: dict[str, Any], topics: dict[str, str], console: Console, codec: Any
+        self,
+        client: dict[str, Any],
+        topics: dict[str, str],
+        console: Console | None,
+        codec: Any,
+        on_record: OnRecord | None = None,
     ) -> None:
         super().__init__(name="sendguard-demo-watcher", daemon=True)
         from confluent_kafka import Consumer
@@ -156,6 +169,7 @@ class Watcher(threading.Thread):
         self._topics = topics  # topic name -> kind
         self._console = console
         self._codec = codec
+        self._on_record = on_record
         self.records = DemoRecords()
         self._stop_event = threading.Event()
         self._consumer = Consumer(
@@ -181,7 +195,12 @@ class Watcher(threading.Thread):
                 ]
             )
             while not self._stop_event.is_set():
-                for message in self._consumer.consume(100, 0.2):
+                # poll returns as soon as one record is there (consume(n, timeout) would
+                # hold it until n arrive or the timeout ends); then take what else came.
+                first = self._consumer.poll(0.2)
+                if first is None:
+                    continue
+                for message in [first, *self._consumer.consume(100, 0)]:
                     if message.error() is None:
                         self._handle(message)
         except Exception as error:  # shown by the demo; the worker keeps running
@@ -197,8 +216,13 @@ class Watcher(threading.Thread):
             "scan": self.records.scans,
             "alert": self.records.alerts,
             "report": self.records.reports,
+            "verdict": self.records.verdicts,
         }[kind]
         target.append(record)
+        if self._on_record is not None:
+            self._on_record(kind, record, message.timestamp()[1])
+        if self._console is None:
+            return
         if kind == "report" and record["event"] not in ("released", "release_refused"):
             return  # the BLOCK/UNBLOCK line says it already
         text, colour = describe_record(kind, record)

@@ -1,4 +1,5 @@
-"""Errors of the local Kafka broker. Every message says what to do next."""
+"""Errors of the local Kafka broker and the local mail services. Every message says what
+to do next or carries the log that does."""
 
 from __future__ import annotations
 
@@ -17,3 +18,9 @@ class PortInUseError(LocalBrokerError):
 
 class BrokerStartError(LocalBrokerError):
     """The broker process exited or did not become ready; the message points at its log."""
+
+
+class ServiceStartError(RuntimeError):
+    """A local service of the mail loop (rspamd, Postfix, `sendguard ingest` or
+    `gateway`) exited or did not become ready in time; the message carries the tail of
+    its log."""

@@ -7,22 +7,13 @@ contract between the worker and the gateway.
 
 from __future__ import annotations
 
-import json
-import os
-import select
 import socket
-import subprocess
 import time
-import urllib.error
-import urllib.request
-from pathlib import Path
 from typing import Any
-
-from worker_support import SENDGUARD
 
 from processor.codec import records
 from processor.codec.wire import Codec
-from processor.local.process_group import stop_process_group
+from processor.local import sendguard_services as services
 from processor.mail.policy_protocol import format_request, parse_reply
 from processor.policy.decisions import Block, Unblock, decision_id
 from processor.policy.events import DirectoryEntry, MailboxKey
@@ -103,62 +94,8 @@ class ControlProducer:
         assert self.producer.flush(30) == 0, "records not delivered"
 
 
-class GatewayProcess:
-    """`sendguard gateway` in a subprocess; `start` waits for its serving line."""
-
-    def __init__(
-        self, bootstrap: str, prefix: str, tmp: Path, *extra: str, name: str = "gateway"
-    ) -> None:
-        self.bootstrap = bootstrap
-        self.prefix = prefix
-        self.extra = extra
-        self.log = tmp / f"{name}.log"
-        self.tenants = tmp / "tenants.yaml"
-        if not self.tenants.exists():
-            self.tenants.write_text("acme.example: acme\nglobex.example: globex\n")
-        self.process: subprocess.Popen[bytes] | None = None
-        self.port = 0
-        self.web_port = 0
-
-    def start(self, timeout_s: float = 60) -> GatewayProcess:
-        with open(self.log, "ab") as log:
-            self.process = subprocess.Popen(
-                [
-                    SENDGUARD,
-                    "gateway",
-                    "--listen",
-                    "127.0.0.1:0",
-                    "--web-port",
-                    "0",
-                    "--tenants",
-                    str(self.tenants),
-                    "--bootstrap",
-                    self.bootstrap,
-                    "--topic-prefix",
-                    self.prefix,
-                    *self.extra,
-                ],
-                stdout=subprocess.PIPE,
-                stderr=log,
-                start_new_session=True,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )
-        assert self.process.stdout is not None
-        stdout = self.process.stdout.fileno()
-        deadline = time.monotonic() + timeout_s
-        buffered = b""
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"gateway exited: {self.log_tail()}")
-            if select.select([stdout], [], [], 0.1)[0]:
-                buffered += os.read(stdout, 4096)
-            if b"\n" in buffered:
-                line = buffered.split(b"\n", 1)[0].decode()
-                assert "serving policy requests on 127.0.0.1:" in line, line
-                self.port = int(line.split("127.0.0.1:", 1)[1].split(" ", 1)[0])
-                self.web_port = int(line.rsplit(":", 1)[1].rstrip(")"))
-                return self
-        raise AssertionError(f"gateway not serving in {timeout_s}s: {self.log_tail()}")
+class GatewayProcess(services.GatewayProcess):
+    """`sendguard gateway` (processor.local.sendguard_services), spoken to as Postfix does."""
 
     def connect(self) -> PolicyClient:
         return PolicyClient(self.port)
@@ -168,35 +105,7 @@ class GatewayProcess:
             return client.ask(**attributes)
 
     def get(self, path: str) -> tuple[int, str]:
-        try:
-            with urllib.request.urlopen(
-                f"http://127.0.0.1:{self.web_port}{path}", timeout=5
-            ) as response:
-                return response.status, response.read().decode()
-        except urllib.error.HTTPError as error:
-            return error.code, error.read().decode()
-
-    def ready(self) -> tuple[int, dict[str, Any]]:
-        status, body = self.get("/ready")
-        return status, json.loads(body)
-
-    def metric(self, name: str, **labels: str) -> float:
-        from prometheus_client.parser import text_string_to_metric_families
-
-        _, text = self.get("/metrics")
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                if sample.name == name and sample.labels == labels:
-                    return float(sample.value)
-        raise AssertionError(f"no sample {name}{labels}")
-
-    def log_tail(self, lines: int = 30) -> str:
-        text = self.log.read_text(errors="replace") if self.log.exists() else "(no log)"
-        return "\n".join(text.splitlines()[-lines:])
-
-    def stop(self) -> None:
-        if self.process is not None:
-            stop_process_group(self.process)
+        return self.ops(path)
 
 
 class PolicyClient:

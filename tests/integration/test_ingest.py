@@ -87,12 +87,12 @@ def test_rspamd_results_become_verdicts_and_the_unusable_ones_dead_letters(
     assert "x@unknown.example" in letters["unknown_tenant"]["detail"]
     assert len(letters["body_too_large"]["value"]) == 65536  # the kept prefix
 
-    assert ingest.metric('sendguard_ingest_requests_total{outcome="verdict"}') == 8
-    assert ingest.metric('sendguard_ingest_requests_total{outcome="dead_letter"}') == 3
+    assert ingest.metric("sendguard_ingest_requests_total", outcome="verdict") == 8
+    assert ingest.metric("sendguard_ingest_requests_total", outcome="dead_letter") == 3
     assert (
-        ingest.metric('sendguard_ingest_verdicts_total{direction="OUTBOUND",verdict="SPAM"}') == 2
+        ingest.metric("sendguard_ingest_verdicts_total", direction="OUTBOUND", verdict="SPAM") == 2
     )
-    assert ingest.metric('sendguard_ingest_dead_letters_total{reason="unknown_tenant"}') == 1
+    assert ingest.metric("sendguard_ingest_dead_letters_total", reason="unknown_tenant") == 1
     assert ingest.metric("sendguard_ingest_delivery_seconds_count") == 11
 
 
@@ -115,7 +115,7 @@ def test_a_slow_client_stalls_nobody_and_gets_408(
         slow.settimeout(10)
         answer = slow.recv(4096)
     assert answer.startswith(b"HTTP/1.1 408"), answer
-    assert ingest.metric('sendguard_ingest_requests_total{outcome="bad_request"}') == 1
+    assert ingest.metric("sendguard_ingest_requests_total", outcome="bad_request") == 1
     status, _ = ingest.post(b"{}", timeout_s=5)
     assert status == 200  # still serving: an empty result is a dead letter
 
@@ -152,8 +152,8 @@ def test_without_a_broker_it_is_not_ready_and_answers_503_in_time(tmp_path: Path
         assert 0.9 < waited < 3
         assert second == (503, {"result": "busy", "reason": "the producer queue is full"})
         assert ingest.metric("sendguard_ingest_broker_up") == 0
-        assert ingest.metric('sendguard_ingest_requests_total{outcome="busy"}') == 1
-        assert ingest.metric('sendguard_ingest_requests_total{outcome="not_delivered"}') == 1
+        assert ingest.metric("sendguard_ingest_requests_total", outcome="busy") == 1
+        assert ingest.metric("sendguard_ingest_requests_total", outcome="not_delivered") == 1
     finally:
         ingest.stop()
 

@@ -1,8 +1,9 @@
 """The real mail loop: Postfix -> rspamd (milter) -> sendguard ingest -> mail.verdicts ->
 sendguard worker -> mailbox.control -> sendguard gateway (Postfix's policy service).
 
-Debian's `postfix` and `rspamd` run as private instances on loopback (see
-mail_support.py); scripts/setup.sh installs them as root when SENDGUARD_SETUP_MAIL=1
+Debian's `postfix` and `rspamd` run as private instances on loopback, started with
+sendguard ingest and gateway by processor/local/mail_loop.py (the mail demo runs the
+same); scripts/setup.sh installs them as root when SENDGUARD_SETUP_MAIL=1
 (scripts/test.sh sets it). Where they are not installed these tests are skipped
 and say so. The worker runs the short test policy of worker_support.py (5 in 20 s,
 blocks of 3 s, then 6 s, then permanent), so a block ends within the test.
@@ -11,109 +12,37 @@ blocks of 3 s, then 6 s, then permanent), so a block ends within the test.
 from __future__ import annotations
 
 import os
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
-from ingest_support import IngestProcess
-from mail_support import (
-    GTUBE,
-    SPAM_MARKER,
-    Postfix,
-    Rspamd,
-    Sent,
-    mail_packages_missing,
-    new_message,
-    send,
-    wait_port,
-)
-from worker_support import SENDGUARD, Deployment, WorkerProcess, free_port, wait_for
+from worker_support import Deployment, WorkerProcess, wait_for
 
-from processor.local.process_group import stop_process_group
+from processor.local.mail_loop import MailServices
+from processor.local.mailstack import GTUBE, SPAM_MARKER, mail_packages_missing
+from processor.local.sendguard_services import IngestProcess
+from processor.local.smtp_client import Sent, new_message, send
 
 OUTSIDE = "203.0.113.7"  # TEST-NET-3: an outside client, via XCLIENT ADDR=
 FRIEND = "friend@example.net"
-
-
-def gateway_available() -> bool:
-    from processor.cli import COMMANDS, LazyGroup
-
-    return "gateway" in COMMANDS and LazyGroup._available("gateway")
-
-
-class GatewayProcess:
-    """`sendguard gateway`, the Postfix policy server."""
-
-    def __init__(self, deployment: Deployment, tenants: Path, tmp: Path) -> None:
-        self.port = free_port()
-        self.web_port = free_port()
-        self.log = tmp / "gateway.log"
-        self.args = [
-            SENDGUARD,
-            "gateway",
-            "--listen",
-            f"127.0.0.1:{self.port}",
-            "--tenants",
-            str(tenants),
-            "--bootstrap",
-            deployment.bootstrap,
-            "--topic-prefix",
-            deployment.names.prefix,
-            "--web-port",
-            str(self.web_port),
-        ]
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> GatewayProcess:
-        self.process = subprocess.Popen(
-            self.args,
-            stdout=open(self.log, "ab"),  # noqa: SIM115
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        return self
-
-    def wait_ready(self, timeout_s: float = 60) -> None:
-        """Until its /ready says it has read mailbox.control (and it listens)."""
-        import urllib.request
-
-        def ready() -> bool:
-            try:
-                url = f"http://127.0.0.1:{self.web_port}/ready"
-                with urllib.request.urlopen(url, timeout=2) as response:
-                    return bool(response.status == 200)
-            except OSError:
-                return False
-
-        wait_for(ready, timeout_s, "sendguard gateway /ready", every_s=0.3, diagnose=self.log_tail)
-        wait_port(self.port, 10, "sendguard gateway", self.log_tail)
-
-    def log_tail(self, lines: int = 30) -> str:
-        text = self.log.read_text(errors="replace") if self.log.exists() else "(no log)"
-        return f"--- gateway ({self.log}):\n" + "\n".join(text.splitlines()[-lines:])
-
-    def stop(self) -> None:
-        if self.process is not None:
-            stop_process_group(self.process)
 
 
 @dataclass
 class MailLoop:
     deployment: Deployment
     worker: WorkerProcess
-    ingest: IngestProcess
-    rspamd: Rspamd
-    postfix: Postfix
-    gateway: GatewayProcess | None
+    services: MailServices
     started_s: float
     sent: list[tuple[str, Sent]] = field(default_factory=list)
 
+    @property
+    def ingest(self) -> IngestProcess:
+        return self.services.ingest
+
     def send(self, sender: str, recipient: str, **options: Any) -> Sent:
-        result = send(self.postfix.port, sender, recipient, **options)
+        result = send(self.services.smtp_port, sender, recipient, **options)
         self.sent.append((sender, result))
         print(f"SMTP {sender} -> {recipient}: {result}")
         return result
@@ -125,17 +54,14 @@ class MailLoop:
         return self.deployment.read(self.deployment.names.control, idle_s=1.0)
 
     def diagnose(self) -> str:
-        parts = [
-            "--- SMTP answers so far:\n"
-            + "\n".join(f"{who}: {result}" for who, result in self.sent),
-            self.postfix.log_tail(),
-            self.rspamd.log_tail(),
-            self.ingest.log_tail(),
-            self.worker.log_tail(),
-        ]
-        if self.gateway is not None:
-            parts.append(self.gateway.log_tail())
-        return "\n".join(parts)
+        return "\n".join(
+            [
+                "--- SMTP answers so far:\n"
+                + "\n".join(f"{who}: {result}" for who, result in self.sent),
+                self.services.diagnose(),
+                self.worker.log_tail(),
+            ]
+        )
 
     def wait(self, predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
         wait_for(predicate, timeout_s, what, every_s=0.5, diagnose=self.diagnose)
@@ -154,32 +80,16 @@ def loop(bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[M
     started = time.monotonic()
     tmp = tmp_path_factory.mktemp("mail-loop")
     deployment = Deployment.create(bootstrap, tmp)
-    stack: list[Any] = []
+    services = MailServices(bootstrap, deployment.names.prefix, tmp)
+    worker = deployment.worker()
     try:
-        worker = deployment.worker().start()
-        stack.append(worker)
-        ingest = IngestProcess(bootstrap, deployment.names.prefix, tmp).start()
-        stack.append(ingest)
-        rspamd = Rspamd(tmp / "rspamd", ingest.url).start()
-        stack.append(rspamd)
-        gateway = None
-        if gateway_available():
-            gateway = GatewayProcess(deployment, ingest.tenants, tmp).start()
-            stack.append(gateway)
-        policy = f"127.0.0.1:{gateway.port}" if gateway is not None else None
-        postfix = Postfix(rspamd.proxy_port, policy).start()
-        stack.append(postfix)
-
-        ingest.wait_ready()
-        rspamd.wait_ready()
-        postfix.wait_ready()
-        if gateway is not None:
-            gateway.wait_ready()
+        worker.start()
+        services.start()
         worker.wait_ready(timeout_s=90)
-        yield MailLoop(deployment, worker, ingest, rspamd, postfix, gateway, started)
+        yield MailLoop(deployment, worker, services, started)
     finally:
-        for part in reversed(stack):
-            part.stop()
+        services.stop()
+        worker.stop()
         print(f"mail loop: {time.monotonic() - started:.1f} s from set-up to tear-down")
 
 
@@ -231,11 +141,6 @@ def test_outbound_spam_blocks_its_sender_and_inbound_spam_never_counts(loop: Mai
     loop.wait(lambda: _blocks(loop.control(), jdoe, "UNBLOCK"), 30, f"the UNBLOCK of {jdoe}")
 
 
-@pytest.mark.skipif(
-    not gateway_available(),
-    reason="`sendguard gateway` (processor/mail/gateway_command.py) is not importable; "
-    "the loop up to the BLOCK is tested above",
-)
 def test_the_gateway_refuses_a_blocked_sender_until_the_block_ends(loop: MailLoop) -> None:
     blocked, colleague = "m.smith@acme.example", "k.jones@acme.example"
     for i in range(5):

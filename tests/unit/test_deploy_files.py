@@ -1,9 +1,11 @@
 """The docker-compose stack, Dockerfile, dashboard and alert rules, checked statically.
 
 Nothing here runs Docker: the files are parsed and cross-checked against the
-repository and against `Metrics.METRIC_NAMES`, so a panel or rule that queries a
-metric the worker does not export, or a mount of a path that does not exist,
-fails here instead of showing "No data" in production.
+repository and against the metric families the worker (`processor.ops.metrics`), the
+gateway (`processor.mail.gateway_metrics`) and ingest (`processor.mail.ingest_metrics`)
+register, so a panel or rule that queries a metric none of them exports, a scrape job
+nothing selects on, or a mount of a path that does not exist, fails here instead of
+showing "No data" in production.
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from processor.codec.schemas import SCHEMAS_DIR_ENV
+from processor.mail.gateway_metrics import GatewayMetrics
+from processor.mail.ingest_metrics import IngestMetrics
+from processor.mail.tenants import TenantMap
 from processor.ops.metrics import Metrics
 from processor.topics import TOPICS_FILE_ENV
 
@@ -32,6 +37,15 @@ PROMETHEUS = ROOT / "deploy/prometheus/prometheus.yml"
 ALERTS = ROOT / "deploy/prometheus/alerts.yml"
 DATASOURCES = ROOT / "deploy/grafana/provisioning/datasources/prometheus.yml"
 DASHBOARD_PROVIDERS = ROOT / "deploy/grafana/provisioning/dashboards/sendguard.yml"
+TENANTS = ROOT / "deploy/sendguard/tenants.yaml"
+
+#: Each exporter: the class that registers its metrics, its scrape job, its compose
+#: service and web port.
+EXPORTERS: dict[str, tuple[Any, str, str, int]] = {
+    "worker": (Metrics, "sendguard", "worker", 6066),
+    "gateway": (GatewayMetrics, "sendguard-gateway", "gateway", 6067),
+    "ingest": (IngestMetrics, "sendguard-ingest", "ingest", 6071),
+}
 
 # Series Prometheus itself attaches to every scrape target.
 PROMETHEUS_SERIES = frozenset({"up"})
@@ -74,24 +88,60 @@ def metric_names_in(query: str) -> set[str]:
 
 
 @functools.cache
-def histogram_families() -> frozenset[str]:
+def registered_families(exporter: str) -> dict[str, str]:
+    """Family name (as PromQL spells it: counters with `_total`) -> type, of what the
+    exporter's metrics class registers."""
     registry = CollectorRegistry()
-    Metrics(registry)
-    return frozenset(f.name for f in registry.collect() if f.type == "histogram")
+    EXPORTERS[exporter][0](registry)
+    return {
+        (f.name + "_total" if f.type == "counter" else f.name): f.type for f in registry.collect()
+    }
+
+
+def exported_names() -> set[str]:
+    return {name for exporter in EXPORTERS for name in registered_families(exporter)}
+
+
+def histogram_families() -> set[str]:
+    return {
+        name
+        for exporter in EXPORTERS
+        for name, kind in registered_families(exporter).items()
+        if kind == "histogram"
+    }
 
 
 def unknown_metrics(query: str) -> set[str]:
-    """The metric names in `query` that neither the worker nor Prometheus exports."""
+    """The metric names in `query` that neither sendguard nor Prometheus exports."""
     histograms = histogram_families()
+    exported = exported_names()
     unknown = set()
     for name in metric_names_in(query):
         base = name
         for suffix in HISTOGRAM_SUFFIXES:
             if name.endswith(suffix) and name.removesuffix(suffix) in histograms:
                 base = name.removesuffix(suffix)
-        if base not in Metrics.METRIC_NAMES and base not in PROMETHEUS_SERIES:
+        if base not in exported and base not in PROMETHEUS_SERIES:
             unknown.add(name)
     return unknown
+
+
+@pytest.mark.parametrize("exporter", sorted(EXPORTERS))
+def test_the_accepted_names_are_exactly_what_each_exporter_registers(exporter: str) -> None:
+    metrics_class = EXPORTERS[exporter][0]
+    assert set(registered_families(exporter)) == set(metrics_class.METRIC_NAMES)
+
+
+def test_names_of_every_exporter_are_accepted_and_no_others() -> None:
+    assert unknown_metrics("rate(sendguard_gateway_malformed_requests_total[5m])") == set()
+    assert unknown_metrics("sendguard_ingest_delivery_seconds_bucket") == set()
+    assert unknown_metrics("sendguard_gateway_request_duration_seconds_count") == set()
+    assert unknown_metrics("sendguard_ingest_broker_up_count") == {
+        "sendguard_ingest_broker_up_count"
+    }  # a gauge has no _count
+    assert unknown_metrics("sendguard_gateway_verdicts_total") == {
+        "sendguard_gateway_verdicts_total"
+    }
 
 
 # --- the extractor itself ----------------------------------------------------------
@@ -245,6 +295,16 @@ def test_alert_rules_exist_with_for_labels_and_annotations() -> None:
         "SendguardEdgeRestarting",
         "SendguardInputLagGrowing",
         "SendguardDeadLetterFailures",
+        "SendguardGatewayDown",
+        "SendguardGatewayStateStale",
+        "SendguardGatewayStateAging",
+        "SendguardGatewayMalformedRequests",
+        "SendguardGatewayConnectionsRefused",
+        "SendguardGatewayCannotReadCommands",
+        "SendguardIngestDown",
+        "SendguardIngestBrokerUnreachable",
+        "SendguardIngestRefusingResults",
+        "SendguardIngestDeadLettersRising",
     }
     for name, rule in rules.items():
         assert re.fullmatch(r"\d+[smh]", rule["for"]), name
@@ -253,8 +313,18 @@ def test_alert_rules_exist_with_for_labels_and_annotations() -> None:
         assert rule["annotations"]["description"], name
 
 
-def test_worker_down_rule_watches_the_scrape_job() -> None:
-    assert alert_rules()["SendguardWorkerDown"]["expr"].strip() == 'up{job="sendguard"} == 0'
+@pytest.mark.parametrize(
+    ("rule", "exporter"),
+    [
+        ("SendguardWorkerDown", "worker"),
+        ("SendguardGatewayDown", "gateway"),
+        ("SendguardIngestDown", "ingest"),
+    ],
+)
+def test_each_exporter_has_a_down_rule_on_its_scrape_job(rule: str, exporter: str) -> None:
+    job = EXPORTERS[exporter][1]
+    assert alert_rules()[rule]["expr"].strip() == f'up{{job="{job}"}} == 0'
+    assert alert_rules()[rule]["labels"]["severity"] == "critical"
 
 
 @pytest.mark.parametrize(
@@ -270,6 +340,14 @@ def test_worker_down_rule_watches_the_scrape_job() -> None:
         ("SendguardEdgeRestarting", "sendguard_edge_restarts_total"),
         ("SendguardInputLagGrowing", "sendguard_input_lag"),
         ("SendguardDeadLetterFailures", "sendguard_dead_letter_failures_total"),
+        ("SendguardGatewayStateStale", "sendguard_gateway_state_stale"),
+        ("SendguardGatewayStateAging", "sendguard_gateway_state_age_seconds"),
+        ("SendguardGatewayMalformedRequests", "sendguard_gateway_malformed_requests_total"),
+        ("SendguardGatewayConnectionsRefused", "sendguard_gateway_connections_refused_total"),
+        ("SendguardGatewayCannotReadCommands", "sendguard_gateway_undecodable_records_total"),
+        ("SendguardIngestBrokerUnreachable", "sendguard_ingest_broker_up"),
+        ("SendguardIngestRefusingResults", "sendguard_ingest_requests_total"),
+        ("SendguardIngestDeadLettersRising", "sendguard_ingest_dead_letters_total"),
     ],
 )
 def test_each_rule_reads_its_metric(rule: str, metric: str) -> None:
@@ -300,16 +378,37 @@ def test_alert_rules_use_only_exported_metrics() -> None:
     assert unknown == {}
 
 
-def test_prometheus_scrapes_the_worker_and_loads_the_rules() -> None:
+def test_the_ingest_refusal_rule_is_a_share_of_its_requests() -> None:
+    expr = alert_rules()["SendguardIngestRefusingResults"]["expr"]
+    assert 'outcome=~"busy|not_delivered"' in expr and " / " in expr.replace("\n", " ")
+
+
+def scrape_targets() -> dict[str, list[str]]:
+    """Scrape job name -> its targets."""
+    return {
+        job["job_name"]: [t for static in job["static_configs"] for t in static["targets"]]
+        for job in load_yaml(PROMETHEUS)["scrape_configs"]
+    }
+
+
+def test_prometheus_scrapes_every_exporter_and_loads_the_rules() -> None:
     config = load_yaml(PROMETHEUS)
     for rule_file in config["rule_files"]:
         # Relative rule files resolve against the config file's directory.
         assert (PROMETHEUS.parent / rule_file).is_file(), rule_file
     assert ALERTS.name in config["rule_files"]
-    (job,) = [job for job in config["scrape_configs"] if job["job_name"] == "sendguard"]
-    assert job.get("metrics_path", "/metrics") == "/metrics"
-    targets = [t for static in job["static_configs"] for t in static["targets"]]
-    assert targets == ["worker:6066"]
+    for job in config["scrape_configs"]:
+        assert job.get("metrics_path", "/metrics") == "/metrics"
+    assert scrape_targets() == {
+        job: [f"{service}:{port}"] for _, job, service, port in EXPORTERS.values()
+    }
+
+
+def test_every_job_selector_names_a_scrape_job() -> None:
+    queries = [rule["expr"] for rule in alert_rules().values()]
+    queries += [expr for _, expr in dashboard_queries()]
+    selected = {job for q in queries for job in re.findall(r'job="([^"]+)"', q)}
+    assert selected == set(scrape_targets())
 
 
 # --- docker-compose.yml and Dockerfile ---------------------------------------------
@@ -334,7 +433,15 @@ def host_mounts(service: dict[str, Any]) -> Iterator[tuple[str, str]]:
 
 
 def test_compose_has_the_services() -> None:
-    assert set(services()) >= {"kafka", "topics", "worker", "prometheus", "grafana"}
+    assert set(services()) >= {
+        "kafka",
+        "topics",
+        "worker",
+        "ingest",
+        "gateway",
+        "prometheus",
+        "grafana",
+    }
 
 
 def test_compose_images_are_pinned() -> None:
@@ -458,3 +565,119 @@ def test_dockerfile_points_the_loaders_at_the_copied_files() -> None:
     assert env[SCHEMAS_DIR_ENV] == f"{workdir}/schemas"
     assert env[TOPICS_FILE_ENV] == f"{workdir}/topics.yaml"
     assert env["SENDGUARD_BOOTSTRAP"] == "kafka:9092"
+
+
+# --- the mail side in compose -------------------------------------------------------
+
+MAIL_SERVICES = {
+    # service: (command, web host and port variables, listen variable, published listen port)
+    "ingest": (
+        ["sendguard", "ingest"],
+        ("SENDGUARD_INGEST_WEB_HOST", "SENDGUARD_INGEST_WEB_PORT"),
+        "SENDGUARD_INGEST_LISTEN",
+        6070,
+    ),
+    "gateway": (
+        ["sendguard", "gateway"],
+        ("SENDGUARD_GATEWAY_WEB_HOST", "SENDGUARD_GATEWAY_WEB_PORT"),
+        "SENDGUARD_GATEWAY_LISTEN",
+        10040,
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MAIL_SERVICES))
+def test_compose_mail_services_run_the_image_on_the_topics(name: str) -> None:
+    service = services()[name]
+    command, _, _, _ = MAIL_SERVICES[name]
+    assert service["command"] == command
+    assert service["image"] == services()["worker"]["image"] and "build" in service
+    assert service["environment"]["SENDGUARD_BOOTSTRAP"] == "kafka:9092"
+    assert service["depends_on"]["kafka"]["condition"] == "service_healthy"
+    assert service["depends_on"]["topics"]["condition"] == "service_completed_successfully"
+
+
+@pytest.mark.parametrize("name", sorted(MAIL_SERVICES))
+def test_compose_mail_services_read_the_tenant_map_from_the_mount(name: str) -> None:
+    service = services()[name]
+    mounts = dict(host_mounts(service))
+    tenants_path = service["environment"]["SENDGUARD_TENANTS"]
+    assert mounts["./deploy/sendguard/tenants.yaml"] == tenants_path
+    assert service["volumes"][0].endswith(":ro")
+    assert TenantMap.load(TENANTS).by_domain  # a valid map with at least one domain
+
+
+@pytest.mark.parametrize("name", sorted(MAIL_SERVICES))
+def test_compose_mail_services_are_scraped_where_they_serve(name: str) -> None:
+    service = services()[name]
+    _, (host_var, port_var), _, _ = MAIL_SERVICES[name]
+    _, job, compose_name, port = EXPORTERS[name]
+    assert compose_name == name
+    environment = service["environment"]
+    # Every interface of the container: Prometheus scrapes it from its own container.
+    assert environment[host_var] == "0.0.0.0"
+    assert int(environment[port_var]) == port
+    assert scrape_targets()[job] == [f"{name}:{port}"]
+    assert f"http://localhost:{port}/ready" in " ".join(service["healthcheck"]["test"])
+    assert services()["prometheus"]["depends_on"][name]["condition"] == "service_started"
+
+
+@pytest.mark.parametrize("name", sorted(MAIL_SERVICES))
+def test_compose_publishes_the_mail_ports_on_loopback_only(name: str) -> None:
+    # rspamd and Postfix on the host talk to them; nobody else may (the policy port
+    # answers about any sender, the ingest port writes verdicts).
+    service = services()[name]
+    _, _, listen_var, port = MAIL_SERVICES[name]
+    assert service["environment"][listen_var] == f"0.0.0.0:{port}"
+    assert service["ports"] == [f"127.0.0.1:{port}:{port}"]
+
+
+# --- the mail side on the dashboard ---------------------------------------------------
+
+
+def test_dashboard_shows_the_gateway_and_ingest() -> None:
+    used = set().union(*(metric_names_in(expr) for _, expr in dashboard_queries()))
+    assert {
+        "sendguard_gateway_requests_total",
+        "sendguard_gateway_malformed_requests_total",
+        "sendguard_gateway_blocked_answers_total",
+        "sendguard_gateway_request_duration_seconds_bucket",
+        "sendguard_gateway_connections",
+        "sendguard_gateway_connections_refused_total",
+        "sendguard_gateway_timeouts_total",
+        "sendguard_gateway_commands_total",
+        "sendguard_gateway_undecodable_records_total",
+        "sendguard_gateway_state_age_seconds",
+        "sendguard_gateway_state_stale",
+        "sendguard_gateway_mailboxes_blocked",
+        "sendguard_ingest_requests_total",
+        "sendguard_ingest_verdicts_total",
+        "sendguard_ingest_dead_letters_total",
+        "sendguard_ingest_delivery_seconds_bucket",
+        "sendguard_ingest_delivery_failures_total",
+        "sendguard_ingest_in_flight_requests",
+        "sendguard_ingest_pending_records",
+        "sendguard_ingest_broker_up",
+    } <= used
+    exprs = [expr for _, expr in dashboard_queries()]
+    for histogram in ("sendguard_gateway_request_duration_seconds", "sendguard_ingest_delivery"):
+        for quantile in ("0.5", "0.99"):
+            assert any(
+                f"histogram_quantile({quantile}," in e and f"{histogram}_" in e for e in exprs
+            ), (histogram, quantile)
+    titles = {title for title, _ in dashboard_queries()}
+    assert {"Gateway up", "Ingest up"} <= titles
+
+
+def test_dashboard_panels_do_not_overlap() -> None:
+    dashboard = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    cells: dict[tuple[int, int], str] = {}
+    for panel in dashboard_panels(dashboard["panels"]):
+        grid = panel["gridPos"]
+        assert grid["x"] + grid["w"] <= 24, panel["title"]
+        for x in range(grid["x"], grid["x"] + grid["w"]):
+            for y in range(grid["y"], grid["y"] + grid["h"]):
+                assert (x, y) not in cells, (panel["title"], cells.get((x, y)))
+                cells[(x, y)] = panel["title"]
+    ids = [panel["id"] for panel in dashboard_panels(dashboard["panels"])]
+    assert len(ids) == len(set(ids))

@@ -1,40 +1,41 @@
-"""A private Debian rspamd and Postfix on loopback, for the mail-loop tests.
+"""A private Debian rspamd and Postfix on loopback, for `sendguard demo`'s mail loop and
+the mail-loop tests.
 
-Each runs from a temporary directory of its own with its own ports, started in a
-session of its own and stopped by its process group: nothing touches a system
-instance (/etc/rspamd is only read; /etc/postfix is not used at all).
+Each runs from a directory of its own with its own ports, started in a session of its
+own and stopped by its process group: nothing touches a system instance (/etc/rspamd
+is only read; /etc/postfix is not used at all). Both need root: Postfix's master runs
+as root, and rspamd is told to stay root (`-u root`) so it can read its directories.
 
 rspamd is offline: its resolver is pointed at a loopback port where nothing listens
 (so no name resolves and no online check or map download leaves the machine), the
-online and Redis-backed modules are disabled, and one test rule scores a marker in
-the Subject as spam. Its proxy worker is Postfix's milter; metadata_exporter posts
-every result to `sendguard ingest`.
+online and Redis-backed modules are disabled, and one rule scores a marker in the
+Subject as spam (rspamd 3.4 never exports GTUBE mail, see the README). Its proxy
+worker is Postfix's milter; metadata_exporter posts every result to `sendguard ingest`
+(the README's snippet, `defer = true`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import pwd
 import shutil
 import signal
-import smtplib
-import socket
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass
-from email.message import EmailMessage
-from email.utils import formatdate, make_msgid
 from pathlib import Path
-
-from worker_support import free_port
+from typing import Any
 
 from processor.local.process_group import stop_process_group
+from processor.local.service_tools import HOST, free_port, http_get, log_tail, wait_port
 
-#: The Subject marker the test rule scores 20 (rspamd's reject threshold is 15).
+#: The Subject marker the rule scores 20 (rspamd's reject threshold is 15).
 SPAM_MARKER = "sendguard-test-spam"
 GTUBE = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
+#: The Debian packages the mail loop runs, and the program each installs.
+MAIL_PACKAGES = (("rspamd", "rspamd"), ("postfix", "postfix"))
 
 #: Modules that reach the network, need Redis, or load maps from URLs: off.
 _OFFLINE_DISABLED = [
@@ -64,8 +65,8 @@ _OFFLINE_DISABLED = [
     "whitelist",
 ]
 
-_TEST_RULE = f"""\
--- sendguard's mail-loop test: a Subject marker makes a message spam (score 20 > reject 15).
+_SPAM_RULE = f"""\
+-- sendguard's mail loop: a Subject marker makes a message spam (score 20 > reject 15).
 config['regexp']['SENDGUARD_TEST_SPAM'] = {{
   re = 'Subject=/{SPAM_MARKER}/iH',
   score = 20.0,
@@ -75,34 +76,20 @@ config['regexp']['SENDGUARD_TEST_SPAM'] = {{
 """
 
 
-def mail_packages_missing() -> list[str]:
-    """The Debian packages (rspamd, postfix) whose programs are not installed."""
+def mail_packages_missing(search_path: str | None = None) -> list[str]:
+    """The Debian packages (rspamd, postfix) whose programs are not on `search_path`
+    (default: $PATH and /usr/sbin, where Debian puts postfix and root's PATH may not)."""
+    if search_path is None:
+        search_path = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin"])
     return [
         package
-        for package, program in (("rspamd", "rspamd"), ("postfix", "postfix"))
-        if shutil.which(program) is None and not Path(f"/usr/sbin/{program}").exists()
+        for package, program in MAIL_PACKAGES
+        if shutil.which(program, path=search_path) is None
     ]
 
 
-def wait_port(port: int, timeout_s: float, what: str, diagnose: object = None) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.2)
-    detail = f"\n{diagnose() if callable(diagnose) else ''}"
-    raise AssertionError(f"{what} did not listen on 127.0.0.1:{port} in {timeout_s:.0f}s{detail}")
-
-
-def _tail(path: Path, lines: int, title: str) -> str:
-    text = path.read_text(errors="replace") if path.exists() else "(no log)"
-    return f"--- {title} ({path}), last {lines} lines:\n" + "\n".join(text.splitlines()[-lines:])
-
-
 class Rspamd:
-    """rspamd 3.4 from its Debian package with a configuration of its own."""
+    """rspamd 3.4 from its Debian package with a configuration of its own under `root`."""
 
     def __init__(self, root: Path, exporter_url: str) -> None:
         self.root = root
@@ -120,13 +107,13 @@ class Rspamd:
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         override = self.root / "override.d"
         (override / "worker-normal.inc").write_text(
-            f'bind_socket = "127.0.0.1:{self.normal_port}";\ncount = 1;\n'
+            f'bind_socket = "{HOST}:{self.normal_port}";\ncount = 1;\n'
         )
         (override / "worker-controller.inc").write_text(
-            f'bind_socket = "127.0.0.1:{self.controller_port}";\ncount = 1;\n'
+            f'bind_socket = "{HOST}:{self.controller_port}";\ncount = 1;\n'
         )
         (override / "worker-proxy.inc").write_text(
-            f'bind_socket = "127.0.0.1:{self.proxy_port}";\n'
+            f'bind_socket = "{HOST}:{self.proxy_port}";\n'
             "milter = yes;\ncount = 1;\ntimeout = 120s;\n"
             # Scan in the proxy itself: no HTTP hop to the normal worker.
             'upstream "local" {\n  default = yes;\n  self_scan = yes;\n}\n'
@@ -136,14 +123,14 @@ class Rspamd:
         )
         local = self.root / "local.d"
         (local / "options.inc").write_text(
-            f'dns {{\n  nameserver = ["127.0.0.1:{self.dns_port}"];\n'
+            f'dns {{\n  nameserver = ["{HOST}:{self.dns_port}"];\n'
             "  timeout = 0.2s;\n  retransmits = 1;\n}\n"
             # Hyperscan's compiled rules take ~10 s to build; keep them between runs.
             f'hs_cache_dir = "{_hyperscan_cache()}";\n'
         )
         for module in _OFFLINE_DISABLED:
             (local / f"{module}.conf").write_text("enabled = false;\n")
-        # The operator's snippet from the README, pointed at the test's ingest.
+        # The operator's snippet from the README, pointed at this loop's ingest.
         (local / "metadata_exporter.conf").write_text(
             "rules {\n  SENDGUARD {\n"
             '    backend = "http";\n'
@@ -153,37 +140,61 @@ class Rspamd:
             "    defer = true;\n"
             "  }\n}\n"
         )
-        (self.root / "rspamd.local.lua").write_text(_TEST_RULE)
+        (self.root / "rspamd.local.lua").write_text(_SPAM_RULE)
 
     def start(self) -> Rspamd:
+        """Starts it (not waiting); `wait_ready` waits."""
         root = self.root
-        self.process = subprocess.Popen(
-            [
-                "rspamd",
-                "-f",
-                "-u",
-                "root",
-                "-g",
-                "root",
-                "-c",
-                "/etc/rspamd/rspamd.conf",
-                f"--var=LOCAL_CONFDIR={root}",
-                f"--var=RUNDIR={root / 'run'}",
-                f"--var=DBDIR={root / 'db'}",
-                f"--var=LOGDIR={root / 'log'}",
-            ],
-            stdout=open(self.stdout, "ab"),  # noqa: SIM115
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        with open(self.stdout, "ab") as stdout:
+            self.process = subprocess.Popen(
+                [
+                    "rspamd",
+                    "-f",
+                    "-u",
+                    "root",
+                    "-g",
+                    "root",
+                    "-c",
+                    "/etc/rspamd/rspamd.conf",
+                    f"--var=LOCAL_CONFDIR={root}",
+                    f"--var=RUNDIR={root / 'run'}",
+                    f"--var=DBDIR={root / 'db'}",
+                    f"--var=LOGDIR={root / 'log'}",
+                ],
+                stdout=stdout,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         return self
 
     def wait_ready(self, timeout_s: float = 90) -> None:
+        """Returns once the proxy (the milter) and the scanner listen. Raises
+        ServiceStartError with the log's tail otherwise."""
         for port, what in ((self.proxy_port, "rspamd proxy"), (self.normal_port, "rspamd")):
             wait_port(port, timeout_s, what, self.log_tail)
 
+    def scan_result(self, message_id: str) -> dict[str, Any] | None:
+        """rspamd's own record of the scan of the message with this Message-ID (its
+        controller's /history row: action, score, required_score, symbols), or None if
+        it has none (not scanned yet, or never: refused before DATA)."""
+        wanted = message_id.strip().strip("<>")
+        try:
+            status, body = http_get(f"http://{HOST}:{self.controller_port}/history", 3)
+            rows = json.loads(body) if status == 200 else []
+        except (OSError, ValueError):
+            return None
+        if isinstance(rows, dict):  # newer rspamd versions wrap the rows
+            rows = rows.get("rows", [])
+        for row in rows:
+            if isinstance(row, dict) and str(row.get("id", "")).strip("<>") == wanted:
+                return row
+        return None
+
     def log_tail(self, lines: int = 30) -> str:
-        return _tail(self.stdout, 10, "rspamd stdout") + "\n" + _tail(self.log, lines, "rspamd")
+        return (
+            log_tail(self.stdout, 10, "rspamd stdout") + "\n" + log_tail(self.log, lines, "rspamd")
+        )
 
     def stop(self) -> None:
         if self.process is not None:
@@ -200,14 +211,22 @@ def _hyperscan_cache() -> Path:
 class Postfix:
     """A private Postfix instance: its own config, queue and data directories.
 
-    smtpd listens on a test port with rspamd as its milter and delivers everything to
-    `discard`. Loopback clients may use XCLIENT, so a test can act as an authenticated
-    user (`LOGIN=`) or an outside client (`ADDR=`). `policy_service` is the
-    `host:port` of a Postfix policy server (sendguard gateway), asked about the sender.
+    smtpd listens on a port of its own with rspamd as its milter and delivers
+    everything to `discard`. Loopback clients may use XCLIENT, so a client can act as
+    an authenticated user (`LOGIN=`) or an outside client (`ADDR=`). `policy_service`
+    is the `host:port` of a Postfix policy server (sendguard gateway), asked about the
+    sender with the README's lines. Mail to `relay_domains` is accepted from anyone,
+    mail elsewhere only from loopback (the tenants' own users).
     """
 
-    def __init__(self, milter_port: int, policy_service: str | None = None) -> None:
-        # Not under pytest's tmp_path: its 0700 parent keeps the postfix user out.
+    def __init__(
+        self,
+        milter_port: int,
+        policy_service: str | None = None,
+        relay_domains: tuple[str, ...] = ("acme.example", "globex.example"),
+    ) -> None:
+        # Not under a 0700 directory (pytest's tmp_path is one): the postfix user
+        # must reach its data directory.
         self.root = Path(tempfile.mkdtemp(prefix="sendguard-postfix-"))
         self.root.chmod(0o755)
         self.port = free_port()
@@ -238,15 +257,15 @@ class Postfix:
                     "maillog_file = /dev/stdout",
                     "myhostname = mx.sendguard.test",
                     "mydestination =",
-                    "inet_interfaces = 127.0.0.1",
+                    f"inet_interfaces = {HOST}",
                     "inet_protocols = ipv4",
                     "mynetworks = 127.0.0.0/8",
-                    "relay_domains = acme.example globex.example",
+                    f"relay_domains = {' '.join(relay_domains)}",
                     "smtpd_authorized_xclient_hosts = 127.0.0.0/8",
                     "default_transport = discard:sendguard test",
                     "relay_transport = discard:sendguard test",
                     "local_transport = discard:sendguard test",
-                    f"smtpd_milters = inet:127.0.0.1:{milter_port}",
+                    f"smtpd_milters = inet:{HOST}:{milter_port}",
                     "milter_default_action = tempfail",
                     "smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination",
                     *policy,
@@ -257,7 +276,7 @@ class Postfix:
             )
         )
         services = [
-            f"127.0.0.1:{self.port} inet n - n - - smtpd",
+            f"{HOST}:{self.port} inet n - n - - smtpd",
             "cleanup unix n - n - 0 cleanup",
             "qmgr unix n - n 300 1 qmgr",
             "rewrite unix - - n - - trivial-rewrite",
@@ -278,23 +297,28 @@ class Postfix:
         (self.conf / "master.cf").write_text("\n".join(services) + "\n")
 
     def start(self) -> Postfix:
-        self.process = subprocess.Popen(
-            ["postfix", "-c", str(self.conf), "start-fg"],
-            stdout=open(self.log, "ab"),  # noqa: SIM115
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        """Starts it (not waiting); `wait_ready` waits."""
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen(
+                ["postfix", "-c", str(self.conf), "start-fg"],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         return self
 
     def wait_ready(self, timeout_s: float = 30) -> None:
+        """Returns once smtpd listens. Raises ServiceStartError with the log's tail."""
         wait_port(self.port, timeout_s, "postfix smtpd", self.log_tail)
 
     def log_tail(self, lines: int = 30) -> str:
-        return _tail(self.log, lines, "postfix")
+        return log_tail(self.log, lines, "postfix")
 
     def stop(self) -> None:
-        """Stop the master and every Postfix daemon. The master starts a session of its
-        own (even in start-fg), so it is stopped through its pid file, not our group."""
+        """Stop the master and every Postfix daemon, and remove its directories. The
+        master starts a session of its own (even in start-fg), so it is stopped through
+        its pid file, not our process group."""
         if self.process is not None:
             master = self._master_pid()
             subprocess.run(
@@ -327,60 +351,3 @@ def _alive(pid: int) -> bool:
     except (OSError, IndexError):
         return True
     return state != "Z"
-
-
-def new_message(sender: str, recipient: str, subject: str, body: str) -> EmailMessage:
-    message = EmailMessage()
-    message["From"] = sender
-    message["To"] = recipient
-    message["Subject"] = subject
-    message["Date"] = formatdate()
-    message["Message-ID"] = make_msgid(domain=sender.rpartition("@")[2] or "sendguard.test")
-    message.set_content(body)
-    return message
-
-
-@dataclass(frozen=True)
-class Sent:
-    """What Postfix answered: 250 accepted, 4xx deferred, 5xx refused; at which step."""
-
-    code: int
-    text: str
-    step: str  # "data" when accepted, else the SMTP command that was refused
-
-    def __str__(self) -> str:
-        return f"{self.code} {self.text} (at {self.step})"
-
-
-def send(
-    port: int,
-    sender: str,
-    recipient: str,
-    *,
-    subject: str = "lunch",
-    body: str = "Shall we meet at noon?",
-    login: str | None = None,
-    client_ip: str | None = None,
-    message: EmailMessage | None = None,
-) -> Sent:
-    """One message over SMTP; XCLIENT LOGIN= authenticates it, ADDR= makes it an outside
-    one. `message` sends that exact message again (a retry), else a new one is built."""
-    message = message if message is not None else new_message(sender, recipient, subject, body)
-    with smtplib.SMTP("127.0.0.1", port, timeout=30) as smtp:
-        smtp.ehlo("client.sendguard.test")
-        attributes = [f"LOGIN={login}"] if login else []
-        attributes += [f"ADDR={client_ip}"] if client_ip else []
-        if attributes:
-            code, text = smtp.docmd("XCLIENT", " ".join(attributes))
-            assert code == 220, f"XCLIENT refused: {code} {text!r}"
-            smtp.ehlo("client.sendguard.test")
-        try:
-            smtp.send_message(message, sender, [recipient])
-        except smtplib.SMTPRecipientsRefused as refused:
-            code, text = refused.recipients[recipient]
-            return Sent(code, text.decode(errors="replace"), "rcpt")
-        except smtplib.SMTPSenderRefused as refused:
-            return Sent(refused.smtp_code, refused.smtp_error.decode(errors="replace"), "mail")
-        except smtplib.SMTPDataError as refused:
-            return Sent(refused.smtp_code, refused.smtp_error.decode(errors="replace"), "data")
-    return Sent(250, "accepted", "data")
