@@ -659,7 +659,7 @@ def _forwarded_ms(
     """CreateTime of each probe's threshold verdict on the internal topic (edge output)."""
     from confluent_kafka import TopicPartition
 
-    from processor.stream.events import decode_event, decode_key
+    from processor.stream.events import decode_record
 
     suffix = f"-{PROBE_BURST - 1}"
     ends = Offsets(bootstrap).ends(names.mailbox_events, start)
@@ -672,11 +672,11 @@ def _forwarded_ms(
         for message in consumer.consume(1000, 0.5):
             if message.error() is not None:
                 continue
-            key = decode_key(message.key())
-            event = decode_event(key, message.value())
-            mid = event.message_id if isinstance(event, Verdict) else ""
-            if mid.startswith("probe-") and mid.endswith(suffix):
-                found[key.tenant_id, key.mailbox] = message.timestamp()[1]
+            pack = decode_record(message.key(), message.value(), message.timestamp()[1])
+            for event in pack.events:
+                mid = event.message_id if isinstance(event, Verdict) else ""
+                if mid.startswith("probe-") and mid.endswith(suffix):
+                    found[event.key.tenant_id, event.key.mailbox] = message.timestamp()[1]
             if message.offset() >= ends[message.partition()] - 1:
                 remaining.discard(message.partition())
     consumer.close()

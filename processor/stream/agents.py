@@ -1,10 +1,15 @@
-"""The lockout agent: the internal topic in, decisions out, state in the table.
+"""The lockout agent: packs of internal events in, decisions out, state in the table.
 
-Order, for crash safety: decisions are sent and delivered before the new state is
-written. A crash in between replays the event against the old state, which yields
-the same decisions with the same deterministic ids (consumers drop repeats), so a
-block is never lost and never doubled under a new id. Events the stored state
-already includes (it records the offset that wrote it) are skipped on replay.
+Each record of the internal topic is a pack (`processor.stream.events`): the
+events of one partition that the edge stage or the timer had at hand, stamped
+with one time. The agent handles a pack as one batch (`Runtime.apply`): each
+mailbox's stored value read once, its events stepped in order, the decisions of
+the whole pack sent and delivered, and only then each mailbox's new value written.
+A crash in between replays the pack: events the stored values include are
+skipped (each value records the position, offset and index in the pack, of the
+last event applied), the others yield the same decisions with the same ids and
+times, which consumers drop as repeats. A block is never lost and never doubled
+under a new id or with other times.
 """
 
 from __future__ import annotations
@@ -14,8 +19,8 @@ from typing import Any
 
 import faust
 
-from processor.stream.events import EventFormatError, decode_event, decode_key
-from processor.stream.runtime import Runtime, wall_ms
+from processor.stream.events import EventFormatError, decode_record
+from processor.stream.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +33,8 @@ def define_lockout_agent(app: faust.App, rt: Runtime) -> Any:
         async for event in stream.events():
             message = event.message
             try:
-                item = decode_event(decode_key(event.key), event.value)
+                # The record timestamp matters only for records written before packs.
+                pack = decode_record(event.key, event.value, round(message.timestamp * 1000))
             except EventFormatError as error:  # written by a newer or broken worker
                 log.error(
                     "skipping %s[%d]@%d: %s",
@@ -38,12 +44,6 @@ def define_lockout_agent(app: faust.App, rt: Runtime) -> Any:
                     error,
                 )
                 continue
-            now = wall_ms()
-            step = rt.step(event.key, message.partition, message.offset, item, now)
-            if step is None:  # already in the stored state: a replay
-                continue
-            await rt.publish(step.decisions, now, step.triggered_at_ms)
-            rt.store(event.key, message.partition, message.offset, step)
-            rt.count_outcome(step)
+            await rt.apply(message.partition, message.offset, pack)
 
     return lockout

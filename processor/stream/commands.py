@@ -166,6 +166,7 @@ def run_worker(
     from processor.ops.recent import RecentEvents
     from processor.stream.agents import define_lockout_agent
     from processor.stream.app import create_app
+    from processor.stream.delivery import Delivery
     from processor.stream.edge import EdgeConfig
     from processor.stream.edge_process import EdgeSupervisor
     from processor.stream.lookups import LookupReader, Lookups
@@ -209,6 +210,7 @@ def run_worker(
     app = create_app(_with_partitions(settings, partitions))
     table = define_state_table(app, partitions)
     metrics = Metrics(CollectorRegistry())
+    delivery = Delivery(client_config, on_retry=metrics.delivery_retry)
     rt = Runtime(
         app=app,
         table=table,
@@ -218,6 +220,7 @@ def run_worker(
         outputs=Outputs(codec, names),
         lookups=lookups,
         metrics=metrics,
+        delivery=delivery,
     )
     supervisor = None
     if edge:
@@ -228,6 +231,7 @@ def run_worker(
                 verdicts_topic=names.verdicts,
                 support_topic=names.support_actions,
                 internal_topic=names.mailbox_events,
+                internal_partitions=partitions,
                 dead_letter_topic=names.dead_letter,
                 codec_config=settings.codec,
                 batch_size=settings.edge_batch_size,
@@ -250,6 +254,7 @@ def run_worker(
         if supervisor is not None:
             supervisor.stop()
         reader.stop()
+        delivery.close()
 
 
 def _with_partitions(settings: WorkerSettings, partitions: int) -> WorkerSettings:

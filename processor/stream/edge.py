@@ -8,7 +8,8 @@ keeps the GIL away from the stateful agent). Per batch:
       ─► decode + validate each record (processor.codec)
            bad ──► sendguard.dead-letter (reason, source topic/partition/offset, raw bytes)
            clean or inbound ──► counted, dropped
-           qualifying verdict / support release ──► internal topic, keyed by mailbox
+           qualifying verdict / support release ──► a pack of its mailbox's partition
+      ─► produce the packs (≤ 1000 events, ≤ 256 KiB each) to the internal topic
       ─► flush: wait until every produce of the batch is delivered
       ─► commit the batch's source offsets
 
@@ -22,8 +23,9 @@ Offsets are committed only after delivery, so a crash replays at most one batch
 (at-least-once); the policy drops replayed verdicts by message id and replayed
 releases find the mailbox already released (their refusal report has a fixed id).
 The producer is idempotent, so its retries neither duplicate nor reorder a
-mailbox's events. Keys are partitioned with murmur2 like Java and aiokafka, so a
-mailbox's events from here and the timer's ticks (sent by Faust) share a partition.
+mailbox's events. Each pack holds the events of one internal partition (murmur2 of
+the mailbox key, `processor.stream.events.partition_for`, as the timer places its
+ticks) and is stamped with the time it was made: the `now` of its policy steps.
 
 A schema registry that does not answer is not the record's fault: the batch is
 retried (not dead-lettered, not committed) until it answers.
@@ -43,6 +45,7 @@ from processor.codec import records
 from processor.codec.errors import DecodeError
 from processor.codec.wire import Codec, CodecConfig
 from processor.stream import events
+from processor.stream.packing import Packer
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +61,8 @@ class EdgeConfig:
     support_topic: str
     internal_topic: str
     dead_letter_topic: str
+    #: Partitions of the internal topic (each pack goes to the one of its mailboxes).
+    internal_partitions: int = 1
     codec_config: CodecConfig = field(default_factory=CodecConfig)
     batch_size: int = 5000
     poll_timeout_s: float = 0.2
@@ -112,6 +117,7 @@ class EdgeStage:
         self.codec = codec if codec is not None else Codec.from_config(config.codec_config)
         self.counts = EdgeCounts()
         self._failed: list[str] = []
+        self._packer = Packer(config.internal_partitions)
 
     @classmethod
     def connect(cls, config: EdgeConfig, codec: Codec | None = None) -> EdgeStage:
@@ -125,13 +131,26 @@ class EdgeStage:
         if error is not None:
             self._failed.append(f"{message.topic()}: {error}")
 
-    def _produce(self, topic: str, key: bytes | None, value: bytes) -> None:
+    def _produce(
+        self, topic: str, key: bytes | None, value: bytes, partition: int | None = None
+    ) -> None:
+        extra = {} if partition is None else {"partition": partition}
         while True:
             try:
-                self.producer.produce(topic, value, key, on_delivery=self._delivered)
+                self.producer.produce(topic, value, key, on_delivery=self._delivered, **extra)
                 return
             except BufferError:  # local queue full: let deliveries drain
                 self.producer.poll(0.05)
+
+    def _forward(self, event: events.MailboxEvent) -> None:
+        """Add a qualifying verdict or a release to the batch's packs (`_send_packs`)."""
+        self._packer.add(event)
+
+    def _send_packs(self) -> None:
+        """Produce the batch's packs, one or more per partition, stamped with the wall
+        clock once: their events happen at that time (`processor.stream.events`)."""
+        for partition, value in self._packer.drain(int(time.time() * 1000)):
+            self._produce(self.config.internal_topic, None, value, partition)
 
     def process_batch(self, messages: list[Any]) -> None:
         """Decode, count, dead-letter and forward one batch; produces are not yet flushed.
@@ -146,8 +165,8 @@ class EdgeStage:
         decode = self.codec.decode
         verdict_from_record = records.verdict_from_record
         verdicts_topic = self.config.verdicts_topic
-        internal = self.config.internal_topic
-        encode_key, encode_event = events.encode_key, events.encode_event
+        forward = self._forward
+        self._packer.clear()  # what a failed attempt at this batch had packed
         for message in messages:
             failure = message.error()
             if failure is not None:
@@ -183,7 +202,8 @@ class EdgeStage:
                     raise TransientDecodeError(str(error)) from error
                 self._dead_letter(message, error)
                 continue
-            self._produce(internal, encode_key(event.key), encode_event(event))
+            forward(event)
+        self._send_packs()
 
     def _dead_letter(self, message: Any, error: DecodeError) -> None:
         self.counts.dead_letters[error.reason] += 1
@@ -303,14 +323,13 @@ def kafka_clients(config: EdgeConfig) -> tuple[Any, Any]:
     producer = Producer(
         {
             **config.client_config,
-            # The Java client's (and aiokafka's) partitioner: the timer's ticks,
-            # sent by Faust, must land on the partition of the mailbox's verdicts.
+            # Packs name their partition; anything else uses Java's partitioner.
             "partitioner": "murmur2_random",
             "enable.idempotence": True,
             "acks": "all",
             "linger.ms": 5,
             # No compression: aiokafka (the agent's consumer) ships without lz4
-            # and snappy, and the internal records are small and few.
+            # and snappy, and the packs are few.
         }
     )
     return consumer, producer

@@ -1,29 +1,33 @@
 """What the agent, the timers and the views share in one worker process.
 
 The helpers here are the worker's few side effects, each named for its place in
-the crash-safe order the agent follows: send and await the decisions, then store
-the state, then count. No policy arithmetic happens here.
+the crash-safe order the agent follows for every pack: step each mailbox once,
+send and await all the decisions, then store the states, then count. No policy
+arithmetic happens here (see `processor.stream.handling`).
 """
 
 from __future__ import annotations
 
-import asyncio
+import json
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiokafka.partitioner import murmur2
-
 from processor.ops.metrics import Metrics
-from processor.policy import Decision, Outcome, PolicyConfig
+from processor.policy import Decision, MailboxKey, Outcome, PolicyConfig
+from processor.stream import faults
+from processor.stream.delivery import Delivery, Undeliverable
 from processor.stream.edge import EdgeCounts
-from processor.stream.events import MailboxEvent
+from processor.stream.events import MailboxEvent, Pack, encode_key, partition_for
 from processor.stream.expiry import ExpiryIndex
-from processor.stream.handling import DELETE, STORE, Step, handle
+from processor.stream.handling import DELETE, KEEP, STORE, Position, Step, handle
 from processor.stream.lookups import Lookups
 from processor.stream.outputs import Outputs
 from processor.stream.topics import TopicNames
+
+log = logging.getLogger(__name__)
 
 _IGNORED = {
     Outcome.LATE: "late",
@@ -31,6 +35,10 @@ _IGNORED = {
     Outcome.WHILE_BLOCKED: "while_blocked",
     Outcome.BEFORE_RESET: "before_reset",
 }
+
+
+def _dumps(value: dict[str, Any]) -> bytes:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 def wall_ms() -> int:
@@ -41,101 +49,162 @@ def wall_ms() -> int:
 @dataclass
 class Runtime:
     app: Any  # faust.App
-    table: Any  # faust.Table
+    #: faust.Table of JSON bytes (`tables.py`); any mutable mapping in unit tests.
+    table: Any
     policy: PolicyConfig
     names: TopicNames
     partitions: int
     outputs: Outputs
     lookups: Lookups
     metrics: Metrics
+    delivery: Delivery | None = None
     index: ExpiryIndex = field(default_factory=ExpiryIndex)
     #: Last internal-topic offset processed per partition (for the lag gauge).
     processed: dict[int, int] = field(default_factory=dict)
-    #: Called with every step's decisions once they are delivered (logs, status page).
+    #: Called with every pack's decisions once they are delivered (logs, status page).
     on_decisions: list[Callable[[list[Decision]], None]] = field(default_factory=list)
 
     def partition_of(self, key: bytes) -> int:
-        """The internal-topic partition of a key, as the murmur2 partitioners place it."""
-        return int(murmur2(key) & 0x7FFFFFFF) % self.partitions
+        """The internal-topic partition of a mailbox's key bytes."""
+        return partition_for(key, self.partitions)
 
-    async def send(self, decisions: list[Decision]) -> None:
-        """Send the decisions and return once the broker has them all.
+    # -- the agent's step, one pack at a time ------------------------------------------
 
-        Commands first and awaited on their own (rule 11 orders the BLOCK first),
-        then scans, alert and report together. Raises on a failed delivery, which
-        crashes the agent before the state is stored: a replay redoes the step.
+    async def apply(self, partition: int, offset: int, pack: Pack) -> None:
+        """Everything one internal record causes, in the crash-safe order.
+
+        1. each mailbox in the pack is stepped once over its events (`handle`),
+           skipping those its stored value already includes;
+        2. the decisions of the whole pack are sent and awaited (`publish`);
+        3. only then are the mailboxes' new states written to the table.
+        A crash before 3 replays the pack: the same events at the same `at`
+        against the same stored values give the same decisions, times included.
         """
-        if not decisions:
-            return
-        commands, rest = self.outputs.split_commands(decisions)
-        producer = self.app.producer
-        for batch in (commands, rest):
-            pending = [
-                await producer.send(out.topic, out.key, out.value, None, None, None)
-                for out in batch
-            ]
-            if pending:
-                await asyncio.gather(*pending)
+        steps = self.step(partition, offset, pack)
+        decisions = [d for _, step in steps for d in step.decisions]
+        await self.publish(decisions, wall_ms(), [s for _, step in steps for s in step.sent])
+        changed = [(key, step) for key, step in steps if step.action != KEEP]
+        if decisions:
+            faults.point("after_send")
+        for n, (key, step) in enumerate(changed):
+            if decisions and n and n == len(changed) // 2:
+                faults.point("mid_store")
+            self.store(partition, key, step)
+        self.processed[partition] = offset
+        for _, step in steps:
+            self.count_outcomes(step)
+
+    def step(self, partition: int, offset: int, pack: Pack) -> list[tuple[bytes, Step]]:
+        """(key bytes, step) for each mailbox of the pack, in order of first appearance."""
+        groups: dict[MailboxKey, list[tuple[Position, MailboxEvent]]] = {}
+        for index, event in enumerate(pack.events):
+            events = groups.get(event.key)
+            if events is None:
+                events = groups[event.key] = []
+            events.append(((offset, index), event))
+        table, policy, lookups, at = self.table, self.policy, self.lookups, pack.at_ms
+        steps = []
+        for key, events in groups.items():
+            key_bytes = encode_key(key)
+            if self.partition_of(key_bytes) != partition:
+                # Its state belongs to another partition (a writer with another
+                # partition count): storing it here would split the mailbox in two.
+                log.error(
+                    "skipping %d event(s) of a mailbox of partition %d found on partition %d "
+                    "at offset %d",
+                    len(events),
+                    self.partition_of(key_bytes),
+                    partition,
+                    offset,
+                )
+                continue
+            stored = table.get(key_bytes)
+            value = None if stored is None else json.loads(stored)
+            step = handle(policy, value, events, at, lookups)
+            if step.skipped:
+                self.metrics.replayed(step.skipped)
+            steps.append((key_bytes, step))
+        return steps
+
+    def store(self, partition: int, key: bytes, step: Step) -> None:
+        """Write the step's value to the table (after the decisions were delivered) and
+        keep the expiry index in step.
+
+        The value carries its own key bytes (keys read back from the store by
+        iteration come out re-serialised, and the index needs the exact bytes).
+        """
+        if step.action == STORE:
+            assert step.value is not None
+            self.table[key] = _dumps({"key": key.decode(), **step.value})
+            self.index.update(partition, key, step.value["state"])
+        elif step.action == DELETE:
+            del self.table[key]
+            self.index.update(partition, key, None)
 
     def load(self, key: bytes) -> dict[str, Any] | None:
         """The stored `MailboxState.to_record()` of the mailbox with this key, if any."""
         stored = self.table.get(key)
-        return None if stored is None else stored["state"]
+        return None if stored is None else json.loads(stored)["state"]
 
-    def step(
-        self, key: bytes, partition: int, offset: int, event: MailboxEvent, now_ms: int
-    ) -> Step | None:
-        """The policy step for the internal event at `offset`, or None when the stored
-        state already includes that event (a replay after a crash or a rebalance).
+    # -- sending ---------------------------------------------------------------------------
 
-        A mailbox's events are handled one by one in offset order, and a state is
-        stored only after its decisions were delivered, so a state written by the
-        event at offset N includes every event of that mailbox up to N, with their
-        decisions sent. Applying one of them again would use a later clock against a
-        later state: a verdict ignored while a block was in force could count once
-        the block's expiry is in the state. Skipping it keeps replays exact.
+    async def send(self, decisions: list[Decision]) -> None:
+        """Send the decisions and return once the broker has each of them, or has
+        refused one for good (`processor.stream.delivery`).
+
+        Commands first and awaited on their own (rule 11 orders a BLOCK before its
+        scans, alert and report), then everything else together. A refused record
+        is logged and counted; the caller goes on (its state is stored).
         """
-        stored = self.table.get(key)
-        if stored is not None and offset <= stored.get("offset", -1):
-            self.metrics.replayed()
-            self.processed[partition] = offset
-            return None
-        record = None if stored is None else stored["state"]
-        return handle(self.policy, record, event, now_ms, self.lookups)
+        if not decisions:
+            return
+        commands, rest = self.outputs.split_commands(decisions)
+        for batch in (commands, rest):
+            if not batch:
+                continue
+            if self.delivery is None:
+                raise RuntimeError("this runtime has no Delivery to send with")
+            for failed in await self.delivery.deliver(batch):
+                self._undeliverable(failed)
 
-    def store(self, key: bytes, partition: int, offset: int, step: Step) -> None:
-        """Write the step's state to the table (after `send`) and keep the index in step.
-
-        The value carries its own key bytes (keys read back from the store by
-        iteration come out re-serialised, and the index needs the exact bytes) and
-        the offset of the event that wrote it (see `step`).
-        """
-        if step.action == STORE:
-            self.table[key] = {"key": key.decode(), "state": step.record, "offset": offset}
-            self.index.update(partition, key, step.record)
-        elif step.action == DELETE:
-            del self.table[key]
-            self.index.update(partition, key, None)
-        self.processed[partition] = offset
+    def _undeliverable(self, failed: Undeliverable) -> None:
+        record = failed.record
+        topic = record.topic.removeprefix(self.names.prefix)
+        self.metrics.undeliverable(topic, failed.reason)
+        log.error(
+            "decision record refused for good by Kafka, not sent: topic %s, %d key bytes, "
+            "%d value bytes: %s",
+            record.topic,
+            len(record.key),
+            len(record.value),
+            failed.detail,
+        )
 
     async def publish(
-        self, decisions: list[Decision], now_ms: int, triggered_at_ms: int | None = None
+        self,
+        decisions: list[Decision],
+        now_ms: int,
+        sent: list[tuple[list[Decision], int | None]] | None = None,
     ) -> None:
         """Send the decisions (`send`), then count them and hand them to the observers.
 
-        The one way anything in the worker emits decisions: the agent's steps and the
+        The one way anything in the worker emits decisions: the agent's packs and the
         API's refused releases alike are sent, counted, logged and shown the same way.
+        `sent` groups the decisions by the verdict behind them (block latency).
         """
         await self.send(decisions)
         if decisions:
-            self.metrics.decisions(decisions, now_ms, triggered_at_ms)
+            for group, triggered_at in sent if sent is not None else [(decisions, None)]:
+                self.metrics.decisions(group, now_ms, triggered_at)
             for observer in self.on_decisions:
                 observer(decisions)
 
-    def count_outcome(self, step: Step) -> None:
-        """Count a verdict the policy ignored (late, duplicate, ...)."""
-        if step.outcome is not None and step.outcome in _IGNORED:
-            self.metrics.ignored(_IGNORED[step.outcome])
+    def count_outcomes(self, step: Step) -> None:
+        """Count the verdicts the policy ignored (late, duplicate, ...)."""
+        for outcome in step.outcomes:
+            reason = _IGNORED.get(outcome)
+            if reason is not None:
+                self.metrics.ignored(reason)
 
     def add_edge_counts(self, counts: EdgeCounts) -> None:
         """Add one report of the edge process (per-second totals) to the metrics."""
@@ -151,11 +220,8 @@ class Runtime:
 
     def stored_states(self) -> list[tuple[bytes, dict[str, Any]]]:
         """(key bytes, state record) of every mailbox in the local store."""
-        return [
-            (value["key"].encode(), value["state"])
-            for value in list(self.table.values())
-            if value is not None
-        ]
+        values = [json.loads(stored) for stored in list(self.table.values()) if stored is not None]
+        return [(value["key"].encode(), value["state"]) for value in values]
 
     def rebuild_index(self) -> None:
         """After recovery or a rebalance: the index from the table's local items."""

@@ -1,7 +1,8 @@
 """The mailbox state table: `MailboxState.to_record()` per mailbox, with a changelog.
 
-Keys are the internal topic's key bytes, so the table partition of a mailbox is
-its internal-topic partition. Values are JSON (the record carries its version).
+Keys are the mailbox key bytes (`processor.stream.events.encode_key`), and a
+mailbox's table partition is its internal-topic partition. Values are JSON bytes
+(`processor.stream.handling` describes them; the state record carries its version).
 """
 
 from __future__ import annotations
@@ -24,7 +25,13 @@ def define_state_table(app: faust.App, partitions: int) -> TableT[bytes, Any]:
         # tuples ('t1', 'a@x.com') while the agent looks up bytes: in the memory
         # store every recovered state was invisible to the agent.
         key_type=bytes,
-        schema=faust.Schema(key_type=bytes, key_serializer="raw", value_serializer="json"),
+        # Values are JSON bytes, encoded and decoded by the runtime itself: Faust's
+        # "json" serializer walks every decoded dict looking for its own models and
+        # encodes each value twice (store and changelog), a third of the table's cost.
+        value_type=bytes,
+        schema=faust.Schema(
+            key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
+        ),
         partitions=partitions,
         help="Lockout state per mailbox (processor.policy.state.MailboxState).",
     )

@@ -1,0 +1,96 @@
+"""Internal events gathered into packs, one stream of packs per partition.
+
+The edge stage adds every event it forwards from one consumed batch, and the timer
+every tick of one pass; `drain` then yields the records to produce, each to its
+partition, stamped with one time (see `processor.stream.events`). Every mailbox's
+events stay in the order they were added, on the partition of the mailbox's key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from processor.policy.events import MailboxKey
+from processor.stream.events import (
+    MAX_PACK_BYTES,
+    MAX_PACK_EVENTS,
+    MailboxEvent,
+    encode_entry,
+    encode_key,
+    pack_value,
+    partition_for,
+)
+
+#: Keys whose partition is remembered (cleared when full: mailboxes repeat in bursts).
+_PARTITION_CACHE = 100_000
+#: Bytes of `pack_value` around the entries, and per entry (the comma).
+_FRAME_BYTES = len(pack_value(2**53, []))
+
+
+@dataclass(slots=True)
+class _Open:
+    entries: list[bytes] = field(default_factory=list)
+    size: int = _FRAME_BYTES
+
+
+class Packer:
+    """Collects events per partition into packs of at most `max_events` events and
+    `max_bytes` bytes (an event larger than that on its own makes a pack alone)."""
+
+    def __init__(
+        self,
+        partitions: int,
+        max_events: int = MAX_PACK_EVENTS,
+        max_bytes: int = MAX_PACK_BYTES,
+    ) -> None:
+        if partitions < 1 or max_events < 1:
+            raise ValueError("a packer needs at least one partition and one event per pack")
+        self.partitions = partitions
+        self.max_events = max_events
+        self.max_bytes = max_bytes
+        self._open: dict[int, _Open] = {}
+        self._closed: list[tuple[int, list[bytes]]] = []
+        self._partition_of: dict[MailboxKey, int] = {}
+
+    def partition_of(self, key: MailboxKey) -> int:
+        cache = self._partition_of
+        partition = cache.get(key)
+        if partition is None:
+            if len(cache) >= _PARTITION_CACHE:
+                cache.clear()
+            partition = cache[key] = partition_for(encode_key(key), self.partitions)
+        return partition
+
+    def add(self, event: MailboxEvent) -> int:
+        """Add `event` to the pack of its mailbox's partition; returns that partition."""
+        partition = self.partition_of(event.key)
+        entry = encode_entry(event)
+        size = len(entry) + 1
+        pack = self._open.get(partition)
+        if pack is None:
+            pack = self._open[partition] = _Open()
+        elif len(pack.entries) >= self.max_events or pack.size + size > self.max_bytes:
+            self._closed.append((partition, pack.entries))
+            pack = self._open[partition] = _Open()
+        pack.entries.append(entry)
+        pack.size += size
+        return partition
+
+    def __len__(self) -> int:
+        """Events added and not yet drained."""
+        return sum(len(entries) for _, entries in self._closed) + sum(
+            len(pack.entries) for pack in self._open.values()
+        )
+
+    def clear(self) -> None:
+        """Forget every event added and not drained."""
+        self._closed, self._open = [], {}
+
+    def drain(self, at_ms: int) -> list[tuple[int, bytes]]:
+        """(partition, record value) of every pack, all stamped `at_ms`; empties the packer.
+
+        A partition's packs come in the order their events were added.
+        """
+        packs = self._closed + [(p, pack.entries) for p, pack in self._open.items()]
+        self._closed, self._open = [], {}
+        return [(partition, pack_value(at_ms, entries)) for partition, entries in packs]
