@@ -124,6 +124,26 @@ def partition_for(key: bytes, partitions: int) -> int:
     return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
+class KeyCache:
+    """Mailbox keys' bytes and partitions, remembered: mailboxes repeat (bursts), and
+    the JSON and the hash cost more than a look-up. Cleared when full (bounded)."""
+
+    def __init__(self, partitions: int, size: int = 100_000) -> None:
+        self.partitions = partitions
+        self._size = size
+        self._known: dict[MailboxKey, tuple[bytes, int]] = {}
+
+    def __call__(self, key: MailboxKey) -> tuple[bytes, int]:
+        """(`encode_key(key)`, its partition)."""
+        known = self._known.get(key)
+        if known is None:
+            if len(self._known) >= self._size:
+                self._known.clear()
+            data = encode_key(key)
+            known = self._known[key] = (data, partition_for(data, self.partitions))
+        return known
+
+
 def _body(event: MailboxEvent) -> dict[str, object]:
     if isinstance(event, Verdict):
         return {
@@ -153,14 +173,18 @@ def pack_value(at_ms: int, entries: Sequence[bytes]) -> bytes:
     return b'{"v":2,"at":%d,"events":[%s]}' % (at_ms, b",".join(entries))
 
 
+_DIRECTIONS = {d.value: d for d in Direction}
+_VERDICTS = {v.value: v for v in VerdictKind}
+
+
 def _event(key: MailboxKey, body: dict[str, object]) -> MailboxEvent:
     kind = body["type"]
     if kind == "verdict":
         return Verdict(
             key=key,
             message_id=_str(body["message_id"]),
-            direction=Direction(body["direction"]),
-            verdict=VerdictKind(body["verdict"]),
+            direction=_DIRECTIONS[body["direction"]],  # type: ignore[index]
+            verdict=_VERDICTS[body["verdict"]],  # type: ignore[index]
             scanned_at_ms=_int(body["scanned_at"]),
         )
     if kind == "release":
@@ -196,10 +220,13 @@ def decode_record(key: bytes | None, value: bytes, timestamp_ms: int) -> Pack:
         version = body.get("v")
         if version == VERSION:
             at = _int(body["at"])
-            events = [
-                _event(MailboxKey(_str(tenant), _str(mailbox)), entry)
-                for tenant, mailbox, entry in body["events"]
-            ]
+            keys: dict[tuple[str, str], MailboxKey] = {}  # one key object per mailbox
+            events = []
+            for tenant, mailbox, entry in body["events"]:
+                known = keys.get((tenant, mailbox))
+                if known is None:
+                    known = keys[tenant, mailbox] = MailboxKey(_str(tenant), _str(mailbox))
+                events.append(_event(known, entry))
             return Pack(at, events)
         if version == _V1:
             if key is None:

@@ -73,33 +73,39 @@ def stored_position(stored: dict[str, Any] | None) -> Position:
     return (int(stored.get("offset", -1)), 0)
 
 
+#: One event of a mailbox: where it is, the `at` of its pack, the event.
+Item = tuple[Position, int, MailboxEvent]
+
+
 def handle(
     config: PolicyConfig,
     stored: dict[str, Any] | None,
-    events: Sequence[tuple[Position, MailboxEvent]],
-    at_ms: int,
+    events: Sequence[Item],
     context: PolicyContext,
 ) -> Step:
     """Apply the mailbox's `events` (in position order) that `stored` does not include.
 
-    Every event is stepped at one `now`: the pack's `at_ms`, or the stored clock if
-    that is later. A refused release's `release_refused` report is sent like any
-    other decision. A mailbox never seen before is not created by a release or a
-    tick; a sweep forgets a mailbox whose state may be forgotten (rule 6).
-    Raises ValueError when the stored state has an unknown version.
+    Each event is stepped at its pack's `at`, or at the mailbox's clock (the stored
+    one, then the latest `now` used here) if that is later. A refused release's
+    `release_refused` report is sent like any other decision. A mailbox never seen
+    before is not created by a release or a tick; a sweep forgets a mailbox whose
+    state may be forgotten (rule 6). Raises ValueError when the stored state has
+    an unknown version.
     """
     step = Step()
     done = stored_position(stored)
-    todo = [(position, event) for position, event in events if position > done]
+    todo = [item for item in events if item[0] > done]
     step.skipped = len(events) - len(todo)
     if not todo:
         return _store_again(step, stored)
     record = None if stored is None else stored["state"]
     clock = None if stored is None else stored.get("clock")
-    now = at_ms if clock is None or at_ms > clock else int(clock)
+    now = -1 if clock is None else int(clock)
     state = MailboxState.from_record(record) if record is not None else MailboxState()
     exists = record is not None
-    for _, event in todo:
+    for _, at_ms, event in todo:
+        if at_ms > now:
+            now = at_ms
         decisions: list[Decision]
         triggered = None
         if isinstance(event, Verdict):

@@ -14,15 +14,12 @@ from processor.policy.events import MailboxKey
 from processor.stream.events import (
     MAX_PACK_BYTES,
     MAX_PACK_EVENTS,
+    KeyCache,
     MailboxEvent,
     encode_entry,
-    encode_key,
     pack_value,
-    partition_for,
 )
 
-#: Keys whose partition is remembered (cleared when full: mailboxes repeat in bursts).
-_PARTITION_CACHE = 100_000
 #: Bytes of `pack_value` around the entries, and per entry (the comma).
 _FRAME_BYTES = len(pack_value(2**53, []))
 
@@ -50,16 +47,10 @@ class Packer:
         self.max_bytes = max_bytes
         self._open: dict[int, _Open] = {}
         self._closed: list[tuple[int, list[bytes]]] = []
-        self._partition_of: dict[MailboxKey, int] = {}
+        self._keys = KeyCache(partitions)
 
     def partition_of(self, key: MailboxKey) -> int:
-        cache = self._partition_of
-        partition = cache.get(key)
-        if partition is None:
-            if len(cache) >= _PARTITION_CACHE:
-                cache.clear()
-            partition = cache[key] = partition_for(encode_key(key), self.partitions)
-        return partition
+        return self._keys(key)[1]
 
     def add(self, event: MailboxEvent) -> int:
         """Add `event` to the pack of its mailbox's partition; returns that partition."""

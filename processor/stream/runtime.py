@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,11 +20,12 @@ from processor.policy import Decision, MailboxKey, Outcome, PolicyConfig
 from processor.stream import faults
 from processor.stream.delivery import Delivery, Undeliverable
 from processor.stream.edge import EdgeCounts
-from processor.stream.events import MailboxEvent, Pack, encode_key, partition_for
+from processor.stream.events import KeyCache, Pack, partition_for
 from processor.stream.expiry import ExpiryIndex
-from processor.stream.handling import DELETE, KEEP, STORE, Position, Step, handle
+from processor.stream.handling import DELETE, KEEP, STORE, Item, Step, handle
 from processor.stream.lookups import Lookups
 from processor.stream.outputs import Outputs
+from processor.stream.tables import PartitionScope
 from processor.stream.topics import TopicNames
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,29 @@ def wall_ms() -> int:
     return int(time.time() * 1000)
 
 
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One record of the internal topic, decoded: where it is, and its pack."""
+
+    #: The Faust event it came in (table reads and writes name its partition).
+    event: Any
+    partition: int
+    offset: int
+    pack: Pack
+
+
+@dataclass(slots=True)
+class MailboxStep:
+    """One mailbox's part of a batch: its key bytes, partition, events and step."""
+
+    key: bytes
+    partition: int
+    #: The first record of the batch holding one of its events.
+    record: Record
+    items: list[Item] = field(default_factory=list)
+    step: Step = field(default_factory=Step)
+
+
 @dataclass
 class Runtime:
     app: Any  # faust.App
@@ -61,70 +85,96 @@ class Runtime:
     index: ExpiryIndex = field(default_factory=ExpiryIndex)
     #: Last internal-topic offset processed per partition (for the lag gauge).
     processed: dict[int, int] = field(default_factory=dict)
-    #: Called with every pack's decisions once they are delivered (logs, status page).
+    #: Called with every batch's decisions once they are delivered (logs, status page).
     on_decisions: list[Callable[[list[Decision]], None]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._keys = KeyCache(self.partitions)
 
     def partition_of(self, key: bytes) -> int:
         """The internal-topic partition of a mailbox's key bytes."""
         return partition_for(key, self.partitions)
 
-    # -- the agent's step, one pack at a time ------------------------------------------
+    # -- the agent's step, a batch of packs at a time ------------------------------------
 
-    async def apply(self, partition: int, offset: int, pack: Pack) -> None:
-        """Everything one internal record causes, in the crash-safe order.
+    async def apply(self, batch: Sequence[Record]) -> None:
+        """Everything a batch of internal records causes, in the crash-safe order.
 
-        1. each mailbox in the pack is stepped once over its events (`handle`),
-           skipping those its stored value already includes;
-        2. the decisions of the whole pack are sent and awaited (`publish`);
-        3. only then are the mailboxes' new states written to the table.
-        A crash before 3 replays the pack: the same events at the same `at`
+        1. each mailbox in the batch is stepped once over its events, in order
+           (`handle`), skipping those its stored value already includes;
+        2. the decisions of the whole batch are sent and awaited (`publish`);
+        3. only then are the mailboxes' new values written to the table.
+        A crash before 3 replays the records: the same events at the same `at`
         against the same stored values give the same decisions, times included.
         """
-        steps = self.step(partition, offset, pack)
-        decisions = [d for _, step in steps for d in step.decisions]
-        await self.publish(decisions, wall_ms(), [s for _, step in steps for s in step.sent])
-        changed = [(key, step) for key, step in steps if step.action != KEEP]
+        steps = self.step(batch)
+        decisions = [d for mailbox in steps for d in mailbox.step.decisions]
+        sent = [group for mailbox in steps for group in mailbox.step.sent]
+        await self.publish(decisions, wall_ms(), sent)
+        changed = [mailbox for mailbox in steps if mailbox.step.action != KEEP]
         if decisions:
             faults.point("after_send")
-        for n, (key, step) in enumerate(changed):
-            if decisions and n and n == len(changed) // 2:
-                faults.point("mid_store")
-            self.store(partition, key, step)
-        self.processed[partition] = offset
-        for _, step in steps:
-            self.count_outcomes(step)
+        scope = PartitionScope()
+        try:
+            for n, mailbox in enumerate(changed):
+                if decisions and n and n == len(changed) // 2:
+                    faults.point("mid_store")
+                scope.enter(mailbox.record.event)
+                self.store(mailbox.partition, mailbox.key, mailbox.step)
+        finally:
+            scope.close()
+        for record in batch:
+            self.processed[record.partition] = max(
+                record.offset, self.processed.get(record.partition, -1)
+            )
+        for mailbox in steps:
+            self.count_outcomes(mailbox.step)
 
-    def step(self, partition: int, offset: int, pack: Pack) -> list[tuple[bytes, Step]]:
-        """(key bytes, step) for each mailbox of the pack, in order of first appearance."""
-        groups: dict[MailboxKey, list[tuple[Position, MailboxEvent]]] = {}
-        for index, event in enumerate(pack.events):
-            events = groups.get(event.key)
-            if events is None:
-                events = groups[event.key] = []
-            events.append(((offset, index), event))
-        table, policy, lookups, at = self.table, self.policy, self.lookups, pack.at_ms
+    def step(self, batch: Sequence[Record]) -> list[MailboxStep]:
+        """Each mailbox of the batch stepped over its events, in order of first appearance.
+
+        A mailbox's events are all on its partition, whose records come in offset
+        order; its stored value is read while its first record is the current one
+        (`PartitionScope`), and is stored the same way.
+        """
+        groups: dict[MailboxKey, MailboxStep] = {}
+        for record in batch:
+            offset, at = record.offset, record.pack.at_ms
+            for index, event in enumerate(record.pack.events):
+                mailbox = groups.get(event.key)
+                if mailbox is None:
+                    key, partition = self._keys(event.key)
+                    mailbox = groups[event.key] = MailboxStep(key, partition, record)
+                mailbox.items.append(((offset, index), at, event))
         steps = []
-        for key, events in groups.items():
-            key_bytes = encode_key(key)
-            if self.partition_of(key_bytes) != partition:
-                # Its state belongs to another partition (a writer with another
-                # partition count): storing it here would split the mailbox in two.
-                log.error(
-                    "skipping %d event(s) of a mailbox of partition %d found on partition %d "
-                    "at offset %d",
-                    len(events),
-                    self.partition_of(key_bytes),
-                    partition,
-                    offset,
-                )
-                continue
-            stored = table.get(key_bytes)
-            value = None if stored is None else json.loads(stored)
-            step = handle(policy, value, events, at, lookups)
-            if step.skipped:
-                self.metrics.replayed(step.skipped)
-            steps.append((key_bytes, step))
+        scope = PartitionScope()
+        try:
+            for mailbox in groups.values():
+                if self._step_one(mailbox, scope):
+                    steps.append(mailbox)
+        finally:
+            scope.close()
         return steps
+
+    def _step_one(self, mailbox: MailboxStep, scope: PartitionScope) -> bool:
+        """Step one mailbox (`handle`); False if its events are on the wrong partition."""
+        if mailbox.partition != mailbox.record.partition:
+            # Its state belongs to another partition (a writer with another
+            # partition count): storing it here would split the mailbox in two.
+            log.error(
+                "skipping %d event(s) of a mailbox of partition %d found on partition %d",
+                len(mailbox.items),
+                mailbox.partition,
+                mailbox.record.partition,
+            )
+            return False
+        scope.enter(mailbox.record.event)
+        stored = self.table.get(mailbox.key)
+        value = None if stored is None else json.loads(stored)
+        mailbox.step = handle(self.policy, value, mailbox.items, self.lookups)
+        if mailbox.step.skipped:
+            self.metrics.replayed(mailbox.step.skipped)
+        return True
 
     def store(self, partition: int, key: bytes, step: Step) -> None:
         """Write the step's value to the table (after the decisions were delivered) and

@@ -174,7 +174,7 @@ def one(
     offset: int = 0,
 ) -> Step:
     """`handle` of a pack holding just `event`, at `now`."""
-    return handle(config, stored, [((offset, 0), event)], now, context or Directory())
+    return handle(config, stored, [((offset, 0), now, event)], context or Directory())
 
 
 def _burst(config: PolicyConfig, stored: dict | None = None) -> tuple[dict | None, list]:
@@ -240,11 +240,11 @@ def test_a_mailboxs_events_in_one_pack_equal_the_same_events_one_by_one() -> Non
     events: list[MailboxEvent] = [verdict(f"m{i}", f"10:00:0{i}") for i in range(7)]
     events += [Release(ALICE, "s", "early", t("10:00:08")), ExpiryTick(ALICE, t("10:00:09"))]
     at = t("10:00:10")
-    packed = handle(config, None, [((3, i), e) for i, e in enumerate(events)], at, directory)
+    packed = handle(config, None, [((3, i), at, e) for i, e in enumerate(events)], directory)
     stored: dict | None = None
     singly: list = []
     for i, event in enumerate(events):
-        step = handle(config, stored, [((3, i), event)], at, directory)
+        step = handle(config, stored, [((3, i), at, event)], directory)
         singly += step.decisions
         stored = step.value if step.action == STORE else stored
     assert packed.decisions == singly
@@ -273,21 +273,21 @@ def test_a_replayed_pack_skips_what_the_stored_state_includes_and_repeats_the_re
     first: dict[MailboxKey, dict] = {}
     for key in (ALICE, bob):
         v = verdict("a", "09:59:58", mailbox=key.mailbox)
-        first[key] = handle(config, None, [((8, 0), v)], at - 5, Directory()).value or {}
+        first[key] = handle(config, None, [((8, 0), at - 5, v)], Directory()).value or {}
     pack = [
-        ((9, 0), verdict("b", "09:59:59", mailbox="alice@example.com")),
-        ((9, 1), verdict("b", "09:59:59", mailbox="bob@example.com")),
+        ((9, 0), at, verdict("b", "09:59:59", mailbox="alice@example.com")),
+        ((9, 1), at, verdict("b", "09:59:59", mailbox="bob@example.com")),
     ]
     steps = {
-        key: handle(config, first[key], [p], at, Directory())
+        key: handle(config, first[key], [p], Directory())
         for key, p in zip((ALICE, bob), pack, strict=True)
     }
     assert all(isinstance(s.decisions[0], Block) for s in steps.values())
     stored_alice = steps[ALICE].value
-    replay_alice = handle(config, stored_alice, [pack[0]], at, Directory())
+    replay_alice = handle(config, stored_alice, [pack[0]], Directory())
     assert replay_alice.skipped == 1 and replay_alice.decisions == []
     assert replay_alice.action == STORE and replay_alice.value == stored_alice
-    replay_bob = handle(config, first[bob], [pack[1]], at, Directory())
+    replay_bob = handle(config, first[bob], [pack[1]], Directory())
     assert replay_bob.decisions == steps[bob].decisions  # every field, at and until too
 
 
@@ -303,7 +303,7 @@ def test_a_replayed_event_the_stored_state_includes_is_skipped() -> None:
 
     from processor.ops.metrics import Metrics
     from processor.stream.lookups import Lookups
-    from processor.stream.runtime import Runtime
+    from processor.stream.runtime import Record, Runtime
 
     metrics = Metrics(CollectorRegistry())
     table: dict[bytes, bytes] = {}
@@ -327,25 +327,25 @@ def test_a_replayed_event_the_stored_state_includes_is_skipped() -> None:
     ]
     kinds = []
     for offset, (event, now) in enumerate(events):
-        [(step_key, step)] = rt.step(0, offset, Pack(now, [event]))
-        assert step_key == key
-        kinds += [type(d).__name__ for d in step.decisions]
-        rt.store(0, key, step)
+        [mailbox] = rt.step([Record(None, 0, offset, Pack(now, [event]))])
+        assert mailbox.key == key
+        kinds += [type(d).__name__ for d in mailbox.step.decisions]
+        rt.store(0, key, mailbox.step)
     assert kinds.count("Block") == 1 and kinds.count("Unblock") == 1
     after_first_run = table[key]
 
     for offset in (5, 6):
         event, now = events[offset]
-        [(_, step)] = rt.step(0, offset, Pack(t("11:10"), [event]))
-        assert step.decisions == [] and step.skipped == 1
-        rt.store(0, key, step)
+        [mailbox] = rt.step([Record(None, 0, offset, Pack(t("11:10"), [event]))])
+        assert mailbox.step.decisions == [] and mailbox.step.skipped == 1
+        rt.store(0, key, mailbox.step)
     assert table[key] == after_first_run
     assert rt.load(key) is not None and rt.load(key)["window"] == []  # type: ignore[index]
     replayed = metrics.registry.get_sample_value("sendguard_events_replayed_total")
     assert replayed == 2
     # The next new event is handled as usual.
-    [(_, step)] = rt.step(0, 7, Pack(t("11:11"), [verdict("next", "11:11")]))
-    assert step.skipped == 0 and step.action == STORE
+    [mailbox] = rt.step([Record(None, 0, 7, Pack(t("11:11"), [verdict("next", "11:11")]))])
+    assert mailbox.step.skipped == 0 and mailbox.step.action == STORE
 
 
 def test_a_state_written_before_packs_counts_as_including_its_record() -> None:
