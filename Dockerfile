@@ -21,7 +21,7 @@ COPY schemas ./schemas
 COPY topics.yaml ./
 ENV SENDGUARD_SCHEMAS_DIR=/app/schemas \
     SENDGUARD_TOPICS_FILE=/app/topics.yaml
-# No policy file ships with the repository, so the worker runs POLICY.md's
+# No policy file ships with the repository, so the worker runs docs/policy.md's
 # defaults; to change them, mount a policy file and pass it to the worker.
 
 # An unprivileged user that owns /app: Faust keeps its local table store (RocksDB)

@@ -61,6 +61,7 @@ from processor.policy import (
     ScanRequest,
     Unblock,
     Verdict,
+    forgettable,
 )
 
 TARGET_VERDICTS_PER_S = 300_000
@@ -221,7 +222,7 @@ def _walk_bytes(states: dict[MailboxKey, MailboxState]) -> int:
 
 def _state_census(engine: Engine) -> dict[str, int]:
     now = engine.now_ms or 0
-    window = engine.config.window_ms
+    config = engine.config
     states = engine.states.values()
     return {
         "states": len(engine.states),
@@ -229,7 +230,7 @@ def _state_census(engine: Engine) -> dict[str, int]:
         "window entries": sum(len(s.window) for s in states),
         "blocked now": sum(1 for s in states if s.blocked),
         "with offenses": sum(1 for s in states if s.offenses),
-        "evictable now": sum(1 for s in states if s.evictable(now, window)),
+        "forgettable now": sum(1 for s in states if forgettable(config, s, now)),
     }
 
 

@@ -23,6 +23,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("processor.demo.run:demo", "Show sendguard working on the local broker."),
     "status": ("processor.ops.client:status", "Show a mailbox's state (worker API)."),
     "release": ("processor.ops.client:release", "Release a permanently blocked mailbox."),
+    "support-token": (
+        "processor.ops.support_tokens:support_token",
+        "Make a personal support token.",
+    ),
 }
 
 

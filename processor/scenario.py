@@ -2,17 +2,25 @@
 
 One JSON object per line; `type` is verdict, directory, settings, release or tick.
 Timestamps are ISO-8601 UTC strings (fractions allowed) or integer epoch
-milliseconds; enum values are case-insensitive. `parse_line` turns one line into a
-policy event or raises `ScenarioError` with the reason (POLICY.md, "simulate").
+milliseconds; enum values are case-insensitive (docs/policy.md, "sendguard
+simulate"). `parse_line` turns one line into a policy event or raises
+`ScenarioError` with the reason, whatever the line holds: every field has a length
+limit (`processor.limits`), strings must be text (no lone surrogates), times must
+lie in 1970-01-01 .. MAX_INPUT_TIMESTAMP_MS, and refused values are quoted cut short.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+from processor import limits
+from processor.codec.records import release_action_id
+from processor.policy.config import shown
 from processor.policy.decisions import (
     Alert,
     Block,
@@ -24,6 +32,7 @@ from processor.policy.decisions import (
     visit,
 )
 from processor.policy.events import (
+    MAX_INPUT_TIMESTAMP_MS,
     Direction,
     DirectoryEntry,
     MailboxKey,
@@ -38,18 +47,17 @@ E = TypeVar("E", Direction, VerdictKind)
 
 Event = Verdict | DirectoryEntry | TenantSettings | Release | Tick
 
-#: Bounds of a usable timestamp: the epoch up to the end of year 9999 (ISO-8601's range).
-MAX_TIMESTAMP_MS = 253_402_300_799_999
-
 
 class ScenarioError(ValueError):
     """A line that cannot be used, and why."""
 
 
 def parse_timestamp(value: object, field: str) -> int:
-    """ISO-8601 (UTC unless it says otherwise) or integer epoch ms -> epoch ms."""
+    """ISO-8601 (UTC unless it says otherwise) or integer epoch ms -> epoch ms, within
+    1970-01-01 .. MAX_INPUT_TIMESTAMP_MS (9899-12-30T23:59:59.999Z). Raises ScenarioError.
+    """
     if isinstance(value, bool):
-        raise ScenarioError(f"{field}: {value!r} is not a timestamp")
+        raise ScenarioError(f"{field}: {shown(value)} is not a timestamp")
     if isinstance(value, int):
         ms = value
     elif isinstance(value, float) and value.is_integer():
@@ -59,16 +67,20 @@ def parse_timestamp(value: object, field: str) -> int:
             parsed = datetime.fromisoformat(value.strip())
         except ValueError:
             raise ScenarioError(
-                f"{field}: {value!r} is not an ISO-8601 timestamp or epoch milliseconds"
+                f"{field}: {shown(value)} is not an ISO-8601 timestamp or epoch milliseconds"
             ) from None
         if parsed.tzinfo is None:
             parsed = parsed.replace(tzinfo=UTC)
         delta = parsed - datetime(1970, 1, 1, tzinfo=UTC)
         ms = (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
     else:
-        raise ScenarioError(f"{field}: {value!r} is not a timestamp")
-    if not 0 <= ms <= MAX_TIMESTAMP_MS:
-        raise ScenarioError(f"{field}: {value!r} is outside 1970-01-01 .. 9999-12-31")
+        raise ScenarioError(f"{field}: {shown(value)} is not a timestamp")
+    if not 0 <= ms <= MAX_INPUT_TIMESTAMP_MS:
+        raise ScenarioError(
+            f"{field}: {shown(value)} is outside 1970-01-01 .. "
+            f"{format_timestamp(MAX_INPUT_TIMESTAMP_MS)} (a block starting later could "
+            "end after year 9999)"
+        )
     return ms
 
 
@@ -79,23 +91,39 @@ def format_timestamp(ms: int) -> str:
     return f"{text}.{millis:03d}Z" if millis else f"{text}Z"
 
 
-def parse_line(text: str) -> Event:
-    """One scenario line -> a policy event. Raises ScenarioError."""
+def parse_line(text: str | bytes) -> Event:
+    """One scenario line (text, or bytes that must be UTF-8) -> a policy event.
+
+    Raises ScenarioError, and nothing else, for any line that is not a usable event.
+    """
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as error:
+            byte = text[error.start]
+            raise ScenarioError(
+                f"not UTF-8: byte 0x{byte:02x} at byte offset {error.start}"
+            ) from None
     try:
         raw = json.loads(text)
     except json.JSONDecodeError as error:
         raise ScenarioError(f"not JSON: {error.msg} (column {error.colno})") from None
+    except RecursionError:
+        raise ScenarioError("not JSON we read: nested too deeply") from None
+    except ValueError:  # Python reads integers of at most 4300 digits
+        raise ScenarioError("not JSON we read: a number with too many digits") from None
     if not isinstance(raw, dict):
         raise ScenarioError("not a JSON object")
     return parse_record(raw)
 
 
 def parse_record(raw: Mapping[str, Any]) -> Event:
-    kind = _string(raw, "type").strip().lower()
+    """A decoded scenario object -> a policy event. Raises ScenarioError."""
+    kind = _string(raw, "type", 20).strip().lower()
     if kind == "verdict":
         return Verdict(
             key=_key(raw),
-            message_id=_string(raw, "message_id"),
+            message_id=_string(raw, "message_id", limits.MAX_MESSAGE_ID),
             direction=_enum(raw, "direction", Direction),
             verdict=_enum(raw, "verdict", VerdictKind),
             scanned_at_ms=parse_timestamp(_field(raw, "scanned_at"), "scanned_at"),
@@ -106,33 +134,46 @@ def parse_record(raw: Mapping[str, Any]) -> Event:
             isinstance(d, str) and d.strip() for d in devices
         ):
             raise ScenarioError("devices: must be a list of device ids (non-empty strings)")
+        if len(devices) > limits.MAX_DEVICES:
+            raise ScenarioError(
+                f"field_too_long: devices lists {len(devices)} device ids, "
+                f"at most {limits.MAX_DEVICES} are allowed"
+            )
+        for device in devices:
+            _text(device, "devices[]", limits.MAX_DEVICE_ID)
         # A device listed twice still gets one scan request.
         return DirectoryEntry(
             key=_key(raw),
-            owner_id=_string(raw, "owner_id"),
+            owner_id=_string(raw, "owner_id", limits.MAX_OWNER_ID),
             devices=tuple(dict.fromkeys(devices)),
             at_ms=parse_timestamp(_field(raw, "at"), "at"),
         )
     if kind == "settings":
         enabled = _field(raw, "synchronized_security")
         if not isinstance(enabled, bool):
-            raise ScenarioError(f"synchronized_security: {enabled!r} must be true or false")
+            raise ScenarioError(f"synchronized_security: {shown(enabled)} must be true or false")
         return TenantSettings(
-            tenant_id=_string(raw, "tenant_id"),
+            tenant_id=_string(raw, "tenant_id", limits.MAX_TENANT_ID),
             synchronized_security=enabled,
             at_ms=parse_timestamp(_field(raw, "at"), "at"),
         )
     if kind == "release":
-        return Release(
+        release = Release(
             key=_key(raw),
-            actor=_string(raw, "actor"),
-            reason=_string(raw, "reason"),
+            actor=_string(raw, "actor", limits.MAX_ACTOR),
+            reason=_string(raw, "reason", limits.MAX_REASON),
             at_ms=parse_timestamp(_field(raw, "at"), "at"),
         )
+        # Optional: the line's own action id; else a stable one made from the line, so
+        # `simulate` and a worker fed by `produce` give a refusal the same report id.
+        given = raw.get("action_id")
+        if given is not None and (not isinstance(given, str) or not given.strip()):
+            raise ScenarioError("action_id: must be a non-empty string when given")
+        return replace(release, action_id=given or release_action_id(release))
     if kind == "tick":
         return Tick(at_ms=parse_timestamp(_field(raw, "at"), "at"))
     raise ScenarioError(
-        f"type: unknown type {raw['type']!r} (verdict, directory, settings, release, tick)"
+        f"type: unknown type {shown(raw['type'])} (verdict, directory, settings, release, tick)"
     )
 
 
@@ -146,30 +187,48 @@ def _field(raw: Mapping[str, Any], name: str) -> Any:
     return raw[name]
 
 
-def _string(raw: Mapping[str, Any], name: str) -> str:
-    value = _field(raw, name)
+def _string(raw: Mapping[str, Any], name: str, limit: int) -> str:
+    return _text(_field(raw, name), name, limit)
+
+
+def _text(value: object, name: str, limit: int) -> str:
+    """`value` if it is a non-blank string of text of at most `limit` characters."""
     if not isinstance(value, str):
-        raise ScenarioError(f"{name}: {value!r} must be a string")
+        raise ScenarioError(f"{name}: {shown(value)} must be a string")
+    if len(value) > limit:
+        raise ScenarioError(
+            f"field_too_long: {name} is {len(value)} characters long, at most {limit} are allowed"
+        )
     if not value.strip():
         raise ScenarioError(f"{name}: must not be empty")
+    if _SURROGATE.search(value):
+        # JSON's \ud800 escapes can name half of a UTF-16 pair alone: not text, and it
+        # could not be written out again as UTF-8.
+        raise ScenarioError(f"{name}: {shown(value)} holds a lone surrogate, not text")
     return value
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def _key(raw: Mapping[str, Any]) -> MailboxKey:
-    return MailboxKey.of(_string(raw, "tenant_id"), _string(raw, "mailbox"))
+    return MailboxKey.of(
+        _string(raw, "tenant_id", limits.MAX_TENANT_ID),
+        _string(raw, "mailbox", limits.MAX_MAILBOX),
+    )
 
 
 def _enum(raw: Mapping[str, Any], name: str, enum: type[E]) -> E:
-    value = _string(raw, name)
+    value = _string(raw, name, 20)
     try:
         return enum[value.strip().upper()]
     except KeyError:
         allowed = ", ".join(member.name for member in enum)
-        raise ScenarioError(f"{name}: {value!r} is not one of {allowed}") from None
+        raise ScenarioError(f"{name}: {shown(value)} is not one of {allowed}") from None
 
 
 class _SimulateLines:
-    """Decisions as `simulate` prints them (a `DecisionVisitor`; POLICY.md, "Output")."""
+    """Decisions as `simulate` prints them (a `DecisionVisitor`; docs/policy.md, "Output")."""
 
     def __init__(self, explain: bool) -> None:
         self.explain = explain
@@ -249,7 +308,7 @@ _LINES, _EXPLAINED_LINES = _SimulateLines(explain=False), _SimulateLines(explain
 
 
 def decision_line(decision: Decision, explain: bool = False) -> dict[str, Any]:
-    """A decision as one line of `simulate` output (POLICY.md, "Output")."""
+    """A decision as one line of `simulate` output (docs/policy.md, "Output")."""
     return visit(decision, _EXPLAINED_LINES if explain else _LINES)
 
 

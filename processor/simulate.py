@@ -7,10 +7,11 @@ shows what a policy change would change, mailbox by mailbox.
 from __future__ import annotations
 
 import json
+import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import BinaryIO
 
 import click
 
@@ -39,23 +40,53 @@ class Simulation:
     refused: list[ReleaseRefused] = field(default_factory=list)
 
 
-def run(lines: Iterable[str], config: PolicyConfig) -> Simulation:
-    """Feed scenario lines, in order, through one engine (POLICY.md, "simulate")."""
-    simulation = Simulation(Engine(config))
-    engine, out = simulation.engine, simulation.decisions
+@dataclass(frozen=True, slots=True)
+class LineResult:
+    """What one scenario line did: its decisions, or why it was rejected."""
+
+    number: int
+    decisions: list[Decision]
+    #: Why the line was not used (it was skipped), or None.
+    rejected: str | None = None
+    refused: ReleaseRefused | None = None
+
+
+def replay(lines: Iterable[str | bytes], engine: Engine) -> Iterator[LineResult]:
+    """Feed scenario lines, in order, through `engine` (docs/policy.md, "sendguard
+    simulate"), yielding each non-blank line's result as soon as it is decided.
+
+    Never raises for what a line holds: a line that cannot be used is a rejected
+    result, and the next line is read as usual.
+    """
     for number, text in enumerate(lines, start=1):
         if not text.strip():
             continue  # blank lines carry nothing; not an error
         try:
             event = parse_line(text)
         except ScenarioError as error:
-            simulation.rejected.append((number, str(error)))
+            yield LineResult(number, [], str(error))
             continue
-        decisions, refused = engine.apply(event)
-        out.extend(decisions)
+        try:
+            decisions, refused = engine.apply(event)
+        except Exception as error:  # a bug: say so, and keep the other lines' decisions
+            reason = f"internal error, please report it: {type(error).__name__}: {error}"
+            yield LineResult(number, [], reason[:500])
+            continue
         if refused is not None:
-            simulation.refused.append(refused)
-            simulation.rejected.append((number, f"release refused: {refused.reason}"))
+            yield LineResult(number, decisions, f"release refused: {refused.reason}", refused)
+        else:
+            yield LineResult(number, decisions)
+
+
+def run(lines: Iterable[str | bytes], config: PolicyConfig) -> Simulation:
+    """Every line through one engine: the decisions and the rejected lines, collected."""
+    simulation = Simulation(Engine(config))
+    for result in replay(lines, simulation.engine):
+        simulation.decisions.extend(result.decisions)
+        if result.rejected is not None:
+            simulation.rejected.append((result.number, result.rejected))
+        if result.refused is not None:
+            simulation.refused.append(result.refused)
     return simulation
 
 
@@ -67,14 +98,14 @@ def _policy(path: str | None) -> PolicyConfig:
 
 
 @click.command()
-@click.argument("scenario", type=click.File("r", encoding="utf-8"))
+@click.argument("scenario", type=click.File("rb"))
 @click.option(
     "--config",
     "config_path",
     type=click.Path(dir_okay=False),
     envvar="SENDGUARD_POLICY",
     show_envvar=True,
-    help="Policy file (YAML); the defaults of POLICY.md when omitted.",
+    help="Policy file (YAML); the defaults of docs/policy.md when omitted.",
 )
 @click.option(
     "--compare",
@@ -84,27 +115,43 @@ def _policy(path: str | None) -> PolicyConfig:
 )
 @click.option("--explain", is_flag=True, help="Print each block's evidence beside it.")
 def simulate(
-    scenario: TextIO, config_path: str | None, compare_path: str | None, explain: bool
+    scenario: BinaryIO, config_path: str | None, compare_path: str | None, explain: bool
 ) -> None:
     """Replay SCENARIO (JSON lines, `-` for stdin) and print what the worker would emit.
 
-    Rejected lines go to stderr with their line number; the exit status is 1 when
-    any line was rejected.
+    Decisions are printed as each line is decided. Rejected lines go to stderr as
+    `line N: reason` and are skipped; the exit status is 1 when any line was rejected.
     """
     config = _policy(config_path)
-    lines = scenario.readlines() if compare_path else scenario
-    result = run(lines, config)
-    if compare_path is None:
-        write = sys.stdout.write
-        for decision in result.decisions:
-            write(json.dumps(decision_line(decision, explain), ensure_ascii=False) + "\n")
-    else:
-        other = run(lines, _policy(compare_path))
-        for text in compare(result.decisions, other.decisions, config_path, compare_path):
-            click.echo(text)
-    for number, reason in result.rejected:
-        click.echo(f"line {number}: {reason}", err=True)
-    if result.rejected:
+    other = None if compare_path is None else _policy(compare_path)
+    out = click.get_binary_stream("stdout")
+    rejected = False
+    try:
+        if other is None:
+            for result in replay(scenario, Engine(config)):
+                for decision in result.decisions:
+                    line = json.dumps(decision_line(decision, explain), ensure_ascii=False)
+                    out.write(line.encode("utf-8") + b"\n")
+                if result.rejected is not None:
+                    out.flush()  # this line's report after the earlier lines' decisions
+                    click.echo(f"line {result.number}: {result.rejected}", err=True)
+                    rejected = True
+                elif result.decisions:
+                    out.flush()
+        else:
+            lines = scenario.readlines()
+            result_a, result_b = run(lines, config), run(lines, other)
+            for text in compare(result_a.decisions, result_b.decisions, config_path, compare_path):
+                out.write(text.encode("utf-8") + b"\n")
+            out.flush()
+            for number, reason in result_a.rejected:
+                click.echo(f"line {number}: {reason}", err=True)
+            rejected = bool(result_a.rejected)
+    except BrokenPipeError:  # `simulate … | head`: the reader has all it wants
+        # Python would try to flush stdout again at exit and complain; point it nowhere.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
+    if rejected:
         sys.exit(1)
 
 

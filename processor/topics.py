@@ -8,12 +8,13 @@ topic with broker defaults.
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from processor.policy.config import DURATION_UNITS_MS, split_duration
 
 TOPICS_FILE_ENV = "SENDGUARD_TOPICS_FILE"
 
@@ -29,9 +30,6 @@ SUPPORT_ACTIONS = "mailbox.support-actions"
 DEAD_LETTER = "sendguard.dead-letter"
 
 CLEANUP_POLICIES = ("delete", "compact", "compact,delete")
-
-_UNITS_MS = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
-_DURATION = re.compile(r"^\s*(\d+)\s*(ms|s|m|h|d)\s*$")
 
 
 class TopicsFileError(ValueError):
@@ -68,13 +66,17 @@ def default_topics_file() -> Path:
 
 
 def parse_retention(value: object, where: str) -> int:
-    """`7d`, `12h`, `30m`, ... in milliseconds; `forever` is -1 (Kafka's "keep")."""
+    """`7d`, `12h`, `30m`, ... in milliseconds; `forever` is -1 (Kafka's "keep").
+
+    The policy's duration syntax, restricted to whole numbers of a unit.
+    """
     if value == "forever":
         return -1
-    match = _DURATION.match(value) if isinstance(value, str) else None
-    if match is None:
+    parts = split_duration(value)
+    if parts is None or not parts[0].isdigit():
         raise TopicsFileError(f"{where}: retention {value!r} is not like 7d, 12h, 30m or forever")
-    return int(match[1]) * _UNITS_MS[match[2]]
+    number, unit = parts
+    return int(number) * DURATION_UNITS_MS[unit]
 
 
 _REQUIRED = {"name", "partitions", "cleanup_policy", "value_schema", "purpose"}

@@ -12,6 +12,7 @@ DecodeReason = Literal[
     "bad_body",
     "wrong_schema",
     "invalid_record",
+    "unauthenticated_action",
 ]
 
 # Every reason, so metrics can pre-create one labelled counter per reason at zero.
@@ -23,6 +24,9 @@ DECODE_REASONS: tuple[DecodeReason, ...] = (
     "bad_body",
     "wrong_schema",
     "invalid_record",
+    # A support action unsigned, forged, or outside its time window
+    # (processor.codec.action_signing).
+    "unauthenticated_action",
 )
 
 

@@ -30,6 +30,7 @@ from processor.policy.decisions import (
     visit,
 )
 from processor.policy.events import (
+    MAX_TIMESTAMP_MS,
     Direction,
     DirectoryEntry,
     MailboxKey,
@@ -39,9 +40,6 @@ from processor.policy.events import (
     VerdictKind,
     normalise_mailbox,
 )
-
-# 9999-12-31T23:59:59.999Z: later (or negative) event times are a broken clock, not data.
-MAX_TIMESTAMP_MS = 253_402_300_799_999
 
 _DIRECTIONS = {d.value: d for d in Direction}
 _VERDICTS = {v.value: v for v in VerdictKind}
@@ -181,9 +179,10 @@ def tenant_settings_from_record(rec: Mapping[str, Any]) -> TenantSettings:
 def release_from_record(rec: Mapping[str, Any]) -> Release:
     """A Release from a SupportAction record; DecodeError `invalid_record` naming the field.
 
-    `action_id` must be present (it is the audit id) though the policy does not use it.
+    `action_id` must be present (it is the audit id, and part of a refusal's id). The
+    signature is not checked here: `processor.codec.action_signing` does that first.
     """
-    _str(rec, "SupportAction", "action_id")
+    action_id = _str(rec, "SupportAction", "action_id")
     action = _get(rec, "SupportAction", "action")
     if action != "RELEASE":
         raise _invalid("SupportAction", "action", f"{action!r} is not RELEASE")
@@ -192,6 +191,7 @@ def release_from_record(rec: Mapping[str, Any]) -> Release:
         actor=_str(rec, "SupportAction", "actor"),
         reason=_str(rec, "SupportAction", "reason"),
         at_ms=_timestamp(rec, "SupportAction", "at"),
+        action_id=action_id,
     )
 
 
@@ -204,7 +204,8 @@ def mailbox_key_from_record(rec: Mapping[str, Any]) -> MailboxKey:
 
 
 def release_action_id(release: Release) -> str:
-    """A stable id for a release built in code (CLI, tests): same release, same id."""
+    """A stable id for a release built in code without one (scenario files, tests): same
+    release, same id. The API gives every attempt a fresh id instead."""
     name = f"{release.key.tenant_id}\x1f{release.key.mailbox}\x1f{release.actor}\x1f{release.at_ms}"
     return str(uuid.uuid5(_RELEASE_NAMESPACE, name))
 
@@ -288,6 +289,10 @@ class _DecisionRecords:
             "until": d.until_ms,
             "actor": d.actor,
             "reason": d.reason,
+            "source": None,
+            "action_id": None,
+            "outcome": None,
+            "status": None,
         }
 
 
@@ -323,14 +328,18 @@ def record_of(
                 "at": obj.at_ms,
             }
         case Release():
+            # Unsigned: `ActionKeys.sign` adds key_id and signature.
             return "SupportAction", {
-                "action_id": release_action_id(obj),
+                "action_id": obj.action_id or release_action_id(obj),
                 "action": "RELEASE",
                 "tenant_id": obj.key.tenant_id,
                 "mailbox": obj.key.mailbox,
                 "actor": obj.actor,
                 "reason": obj.reason,
                 "at": obj.at_ms,
+                "source": None,
+                "key_id": None,
+                "signature": None,
             }
     return visit(obj, _DECISION_RECORDS)
 
@@ -366,6 +375,39 @@ _TOPIC_OF: dict[type, str] = {
 def topic_of(obj: Decision | Verdict | DirectoryEntry | TenantSettings | Release) -> str:
     """The topic `obj` is produced to."""
     return _TOPIC_OF[type(obj)]
+
+
+def release_attempt_record(
+    *,
+    attempt_id: str,
+    tenant_id: str,
+    mailbox: str,
+    at_ms: int,
+    actor: str | None,
+    reason: str | None,
+    source: str | None,
+    outcome: str,
+    status: int,
+) -> Record:
+    """The `release_attempt` Report of one request to the release API (any outcome).
+
+    Its id derives from the attempt's id, so writing it twice is one record to consumers.
+    """
+    return {
+        "report_id": str(uuid.uuid5(_RELEASE_NAMESPACE, f"attempt\x1f{attempt_id}")),
+        "tenant_id": tenant_id,
+        "mailbox": mailbox,
+        "at": at_ms,
+        "event": "release_attempt",
+        "offense": None,
+        "until": None,
+        "actor": actor,
+        "reason": reason,
+        "source": source,
+        "action_id": attempt_id,
+        "outcome": outcome,
+        "status": status,
+    }
 
 
 def dead_letter_record(

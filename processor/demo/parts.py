@@ -92,7 +92,7 @@ def release_via_api(url: str, token: str, release: SupportRelease) -> tuple[int,
 
     target = url + mailbox_path(release.tenant_id, release.mailbox) + "/release"
     try:
-        return call("POST", target, token, {"actor": release.actor, "reason": release.reason})
+        return call("POST", target, token, {"reason": release.reason})
     except click.ClickException as error:
         return 0, {"error": error.message}
 

@@ -62,12 +62,12 @@ def run_demo(
     out: TextIO,
     *,
     color: bool = False,
-    on_running: Callable[[str, str, str], None] | None = None,
+    on_running: Callable[[str, str, dict[str, str]], None] | None = None,
 ) -> DemoResult:
     """Run the whole demo, printing to `out`; returns what the output topics said.
 
-    `on_running(worker url, admin token, support token)` is called once the worker
-    is ready (tests use it to look at the API while the demo runs). Raises
+    `on_running(worker url, admin token, support tokens by person)` is called once
+    the worker is ready (tests use it to look at the API while the demo runs). Raises
     click.ClickException when something it needs cannot be started.
     """
     from processor.codec.wire import Codec
@@ -77,7 +77,7 @@ def run_demo(
     console = Console(out, started, color)
     run = uuid.uuid4().hex[:8]
     names = TopicNames(prefix=f"demo{run}.", app_id=f"sendguard-demo-{run}")
-    tokens = DemoTokens(secrets.token_urlsafe(18), secrets.token_urlsafe(18))
+    tokens = DemoTokens.make()
     cleanup: Cleanup = []
     console.plain(click.style("sendguard demo", bold=color) + f" (run {run})")
     try:
@@ -95,7 +95,7 @@ def run_demo(
         records = watcher.records
         producer = ScenarioProducer(client, codec, names.prefix)
         steps = build_scenario(int(time.time() * 1000) + 500)
-        play(steps, producer, worker, tokens.support, console, records)
+        play(steps, producer, worker, tokens, console, records)
         del producer  # its client must be gone before the broker stops (no reconnect noise)
 
         # The last events: every timed block's UNBLOCK.
@@ -120,10 +120,28 @@ def run_demo(
 
 @dataclass(frozen=True)
 class DemoTokens:
-    """Made up for this run: the worker's admin and support tokens."""
+    """Made up for this run: the worker's admin token, a support token for each person
+    of the scenario, and the key that signs support actions."""
 
     admin: str
-    support: str
+    support: dict[str, str]
+    action_key: str
+
+    @classmethod
+    def make(cls) -> DemoTokens:
+        actors = sorted({s.release.actor for s in build_scenario(0) if s.release is not None})
+        return cls(
+            secrets.token_urlsafe(32),
+            {actor: secrets.token_urlsafe(32) for actor in actors},
+            secrets.token_urlsafe(32),
+        )
+
+    def token_file(self) -> str:
+        """The worker's support token file: hashes and names, never the tokens."""
+        from processor.ops.support_tokens import token_line
+
+        lines = [token_line(token, actor) for actor, token in self.support.items()]
+        return "# made up by sendguard demo for one run\n" + "\n".join(lines) + "\n"
 
 
 def local_broker(console: Console, cleanup: Cleanup) -> str:
@@ -177,17 +195,23 @@ def start_worker(
     policy_file.write_text(yaml.safe_dump(DEMO_POLICY, sort_keys=False))
     port = free_port(web_port)
     log_path = scratch / "worker.log"
+    token_file = scratch / "support-tokens"
+    token_file.write_text(tokens.token_file())
     env = {
         **os.environ,
         "SENDGUARD_ADMIN_TOKEN": tokens.admin,
-        "SENDGUARD_SUPPORT_TOKEN": tokens.support,
+        "SENDGUARD_SUPPORT_TOKENS_FILE": str(token_file),
+        # The worker signs the releases it sends with this key and verifies them.
+        "SENDGUARD_ACTION_KEYS": f"demo:{tokens.action_key}",
     }
+    for own in ("SENDGUARD_ACTION_KEYS_FILE", "SENDGUARD_ADVERTISED_URL"):
+        env.pop(own, None)  # the demo's worker is configured here, not by the shell
     # fmt: off
     command = [
         *sendguard_command(), "worker", "--bootstrap", bootstrap,
         "--topic-prefix", names.prefix, "--app-id", names.app_id,
         "--policy", str(policy_file), "--store", "memory",
-        "--data-dir", str(scratch / "data"), "--web-port", str(port),
+        "--data-dir", str(scratch / "data"), "--web-host", "127.0.0.1", "--web-port", str(port),
         "--partitions", "2",
     ]
     # fmt: on
@@ -235,7 +259,7 @@ def play(
     steps: list[Step],
     producer: Any,
     worker: Worker,
-    support_token: str,
+    tokens: DemoTokens,
     console: Console,
     records: DemoRecords,
 ) -> None:
@@ -257,7 +281,8 @@ def play(
             producer.send(parse_line(line))
         if step.release is not None:
             producer.producer.flush(5)
-            status, answer = release_via_api(worker.url, support_token, step.release)
+            token = tokens.support[step.release.actor]  # the person's own token
+            status, answer = release_via_api(worker.url, token, step.release)
             records.releases.append((step.release.mailbox, status, answer))
             outcome = answer.get("outcome", answer.get("error"))
             detail = answer.get("reason") or answer.get("refusal") or ""

@@ -230,7 +230,7 @@ def build_scenario(t0_ms: int, seed: int = 5) -> list[Step]:
         )
     )
     # Each burst starts >= 1.5 s after the previous block ends: verdicts stamped
-    # before a block's end never count (POLICY.md rule 4), whatever the agent's delay.
+    # before a block's end never count (docs/policy.md, rule 4), whatever the agent's delay.
     for n, start in ((1, 8.0), (2, 16.0), (3, 29.0)):
         caption = f"globex: sales@ bursts spam again (offense {n} coming)"
         if n == 1:

@@ -2,7 +2,9 @@
 
 Standard library HTTP (urllib): two small JSON requests do not justify a client
 library, and `sendguard --help` stays fast. Any worker of the group will do: the
-API forwards a mailbox's requests to the worker that owns it.
+API forwards a mailbox's requests to the worker that owns it. Tenant and mailbox
+are percent-encoded as whole path segments, so `/`, `?`, `#` or `%` in them are
+data, never path.
 """
 
 from __future__ import annotations
@@ -121,17 +123,18 @@ def status(tenant: str, mailbox: str, url: str, token: str | None, as_json: bool
 @click.command()
 @click.argument("tenant")
 @click.argument("mailbox")
-@click.option("--actor", required=True, help="Who releases (recorded in mail.reports).")
 @click.option("--reason", required=True, help="Why (recorded in mail.reports).")
 @_url
 @click.option(
-    "--token", envvar=SUPPORT_ENV, show_envvar=True, help="Support token (not the admin token)."
+    "--token",
+    envvar=SUPPORT_ENV,
+    show_envvar=True,
+    help="Your personal support token (not the admin token): it says who releases.",
 )
 @_json
 def release(
     tenant: str,
     mailbox: str,
-    actor: str,
     reason: str,
     url: str,
     token: str | None,
@@ -139,17 +142,19 @@ def release(
 ) -> None:
     """Release a PERMANENTLY blocked MAILBOX (audited). Timed blocks cannot be released.
 
+    The release is recorded under the person your token belongs to.
     Exit status: 0 released, 1 refused or failed, 2 sent but not confirmed in time.
     """
     target = url.rstrip("/") + mailbox_path(tenant, mailbox) + "/release"
-    code, document = call("POST", target, token, {"actor": actor, "reason": reason})
+    code, document = call("POST", target, token, {"reason": reason})
     if as_json:
         click.echo(json.dumps(document, indent=2))
     if code == 200:
         if not as_json:
             click.echo(
                 f"released {document['tenant_id']} / {document['mailbox']} "
-                f"(was offense {document['offense']}) by {actor}: offenses reset to 0"
+                f"(was offense {document['offense']}) by {document['actor']}: "
+                "offenses reset to 0"
             )
         return
     if code == 202:

@@ -11,6 +11,10 @@ carry it, and nothing here adds it. At INFO level every BLOCK and UNBLOCK is exa
 one line (`log_decisions`), so `grep '"event": "block"'` counts blocks; the scans,
 alert and report that accompany a block are DEBUG, as they add no fact the block
 line lacks.
+
+Every other logger is rate-limited per kind of message (`processor.ops.log_limit`):
+the first few records of a kind in 10 s, then one line counting the rest, so a
+Kafka client retrying through a broker outage cannot flood the log.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import sys
 from collections.abc import Iterable
 from typing import IO, Any
 
+from processor.ops.log_limit import RepeatedMessageFilter
 from processor.ops.status import iso
 from processor.policy.decisions import (
     Alert,
@@ -33,6 +38,9 @@ from processor.policy.decisions import (
 
 #: The logger of the one-line-per-block/unblock audit lines.
 DECISIONS_LOGGER = "sendguard.decisions"
+#: The logger of the release attempts' audit lines (`processor.ops.audit`, which
+#: rate-limits unauthenticated floods itself).
+AUDIT_LOGGER = "sendguard.audit"
 
 #: Fields every JSON line carries besides its extras (renamed from logging's names).
 _JSON_FORMAT = "%(levelname)s %(name)s %(processName)s %(message)s"
@@ -58,17 +66,34 @@ def make_formatter(json_lines: bool) -> logging.Formatter:
     return logging.Formatter(_HUMAN_FORMAT)
 
 
+class _LimitedHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A stream handler whose repeated messages are capped; closing it (at exit,
+    `logging.shutdown`) writes the summaries still pending."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        super().__init__(stream)
+        # Audit trails are never held back by the cap.
+        exempt = (DECISIONS_LOGGER, AUDIT_LOGGER)
+        self.limiter = RepeatedMessageFilter(self.handle, exempt=exempt)
+        self.addFilter(self.limiter)
+
+    def close(self) -> None:
+        self.limiter.flush()
+        super().close()
+
+
 def configure_logging(
     level: str | int = "info", *, stream: IO[str] | None = None, json_lines: bool | None = None
 ) -> logging.Handler:
-    """Send every log record of this process to `stream` (stderr) in the chosen format.
+    """Send every log record of this process to `stream` (stderr) in the chosen format,
+    repeated messages capped (the audit lines of `log_decisions` never are).
 
     Replaces the root logger's handlers, so it may be called again (the edge process
     calls it after spawn). `json_lines=None` decides by `json_wanted`. Returns the
     handler, so a caller can remove it.
     """
     stream = sys.stderr if stream is None else stream
-    handler = logging.StreamHandler(stream)
+    handler = _LimitedHandler(stream)
     handler.setFormatter(make_formatter(json_wanted(stream) if json_lines is None else json_lines))
     root = logging.getLogger()
     for old in list(root.handlers):

@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 from processor import __version__
 from processor.codec.errors import DECODE_REASONS
+from processor.ops.audit import OUTCOMES as RELEASE_ATTEMPT_OUTCOMES
 from processor.policy.decisions import (
     Alert,
     AlertKind,
@@ -111,6 +112,8 @@ class Metrics:
             "sendguard_decision_latency_seconds",
             "sendguard_consumer_lag",
             "sendguard_worker_info",
+            "sendguard_release_attempts_total",
+            "sendguard_audit_suppressed_total",
         }
     )
 
@@ -208,6 +211,20 @@ class Metrics:
             ["topic", "partition"],
             registry=registry,
         )
+        self._release_attempts = Counter(
+            "sendguard_release_attempts_total",
+            "Requests to the release API received from clients, by outcome "
+            "(released, refused, pending, invalid_request, unauthenticated, forbidden, "
+            "unavailable).",
+            ["outcome"],
+            registry=registry,
+        )
+        self._audit_suppressed = Counter(
+            "sendguard_audit_suppressed_total",
+            "Unauthenticated release attempts beyond the audit rate limit: counted here, "
+            "not written to mail.reports and the log one by one.",
+            registry=registry,
+        )
         self._info = Gauge(
             "sendguard_worker_info",
             "Always 1; the labels describe the running worker.",
@@ -231,6 +248,8 @@ class Metrics:
             self._unblocks.labels(reason)
         for kind in ALERT_KINDS:
             self._alerts.labels(kind)
+        for outcome in RELEASE_ATTEMPT_OUTCOMES:
+            self._release_attempts.labels(outcome)
         self._info.labels(version).set(1)
 
     def verdict(self, direction: str, verdict: str, count: int = 1) -> None:
@@ -264,6 +283,16 @@ class Metrics:
     def dead_letter(self, reason: str, count: int = 1) -> None:
         """Count records sent to the dead-letter topic under their reason code."""
         self._dead_letters.labels(reason).inc(count)
+
+    def release_attempt(self, outcome: str) -> None:
+        """Count one request to the release API under its outcome."""
+        self._release_attempts.labels(
+            _check(outcome, RELEASE_ATTEMPT_OUTCOMES, "release attempt outcome")
+        ).inc()
+
+    def audit_suppressed(self) -> None:
+        """Count one unauthenticated release attempt not audited one by one."""
+        self._audit_suppressed.inc()
 
     def decisions(
         self, decisions: Iterable[Decision], now_ms: int, triggered_at_ms: int | None
@@ -311,7 +340,7 @@ class _DecisionCounter:
         self.metrics._blocks.labels(str(d.offense), _bool_label(d.permanent)).inc()
         if self.triggered_at_ms is not None:
             # A scanned_at ahead of the worker's clock (scanner skew, up to the 5
-            # minutes POLICY.md rule 7 tolerates) would give a negative time; the
+            # minutes docs/policy.md rule 7 tolerates) would give a negative time; the
             # block was still sent at once, so it counts as 0 rather than pulling
             # the sum below the truth.
             self.metrics._latency.observe(max(0, self.now_ms - self.triggered_at_ms) / 1000)

@@ -22,6 +22,7 @@ from processor.policy import (
     ReleaseRefused,
     Report,
     expire,
+    refusal_report_id,
     release,
 )
 from processor.policy.config import format_duration
@@ -129,14 +130,9 @@ def plan_release(
     """
     state = MailboxState.from_record(record) if record is not None else MailboxState()
     offense = state.offenses
+    refused_later = refusal_report_id(state, request)
     decisions, refused = release(state, request, now_ms)
     if refused is not None:
         return refused
     released = next(d for d in decisions if isinstance(d, Report) and d.event == "released")
-    # The same request against the mailbox no longer blocked yields the refusal's id.
-    assert record is not None  # only a stored state can be permanently blocked
-    unblocked = MailboxState.from_record(record)
-    unblocked.permanent = False
-    _, refused_later = release(unblocked, request, now_ms)
-    assert refused_later is not None
-    return ReleasePlan(released.report_id, refused_later.report.report_id, offense)
+    return ReleasePlan(released.report_id, refused_later, offense)

@@ -26,6 +26,7 @@ _STYLE = """
 body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#1d2330;background:#f7f8fa}
 h1{font-size:20px;margin:0 0 .2em} h2{font-size:16px;margin:1.4em 0 .4em}
 .meta{color:#5b6475;margin-bottom:1em}
+.missing{color:#9b1c1c;font-weight:600}
 table{border-collapse:collapse;background:#fff;min-width:60%}
 th,td{border:1px solid #dde1e8;padding:4px 10px;text-align:left;white-space:nowrap}
 th{background:#eef1f5} td.reason{white-space:normal}
@@ -95,11 +96,18 @@ def render_status_page(
     generated_at: str,
     worker: str,
     refresh_s: int = 5,
+    unavailable: Iterable[dict[str, str]] = (),
 ) -> str:
-    """The whole page. `blocks` as `processor.ops.status.block_row`, `events` as the API's."""
+    """The whole page. `blocks` as `processor.ops.status.block_row`, `events` as the API's;
+    `unavailable` names the workers whose blocks are missing (they did not answer)."""
     block_list = sorted(blocks, key=lambda b: (b["tenant_id"], b["mailbox"]))
     event_list = list(events)
     permanent = sum(1 for b in block_list if b.get("permanent"))
+    missing = "".join(
+        f'<p class="missing">Blocks of the worker at {escape(w["worker"])} are missing: '
+        f"{escape(w['error'])}</p>\n"
+        for w in unavailable
+    )
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta http-equiv="refresh" content="{int(refresh_s)}">
@@ -110,7 +118,7 @@ def render_status_page(
 refreshes every {int(refresh_s)} s</div>
 <h2>Current blocks ({len(block_list)}: {len(block_list) - permanent} timed,
 {permanent} permanent)</h2>
-{_blocks_table(block_list)}
+{missing}{_blocks_table(block_list)}
 <h2>Recent events (this worker, newest first)</h2>
 {_events_table(event_list)}
 </body></html>

@@ -3,7 +3,7 @@
 Inputs are events (`processor.policy.events`), outputs are decisions
 (`processor.policy.decisions`). Nothing here reads a clock, sleeps, or does I/O:
 time is passed in as epoch milliseconds and decisions are returned to the caller,
-who sends them. `../shared/POLICY.md` is the specification this package implements.
+who sends them. `docs/policy.md` is the specification this package implements.
 """
 
 from processor.policy.config import PolicyConfig, PolicyConfigError, parse_duration
@@ -16,6 +16,7 @@ from processor.policy.decisions import (
     ScanRequest,
     Unblock,
 )
+from processor.policy.directory import Directory
 from processor.policy.engine import Engine
 from processor.policy.events import (
     Direction,
@@ -33,6 +34,8 @@ from processor.policy.machine import (
     PolicyContext,
     ReleaseRefused,
     expire,
+    forgettable,
+    refusal_report_id,
     release,
     step_verdict,
 )
@@ -43,6 +46,7 @@ __all__ = [
     "Block",
     "Decision",
     "Direction",
+    "Directory",
     "DirectoryEntry",
     "Engine",
     "Evidence",
@@ -62,8 +66,10 @@ __all__ = [
     "Verdict",
     "VerdictKind",
     "expire",
+    "forgettable",
     "normalise_mailbox",
     "parse_duration",
+    "refusal_report_id",
     "release",
     "step_verdict",
 ]

@@ -1,7 +1,7 @@
 """Outputs of the policy: what the caller must send, in the order returned.
 
 Every decision carries a deterministic id derived from
-`(tenant_id, mailbox, block sequence, action)` (POLICY.md rule 13), so a replay
+`(tenant_id, mailbox, block sequence, action)` (docs/policy.md, rule 13), so a replay
 after a crash yields the same ids and consumers can drop repeats.
 """
 

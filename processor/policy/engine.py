@@ -3,18 +3,19 @@
 The engine owns every mailbox's state, the directory and tenant settings, and a
 clock that never goes backwards. Before an input with time `t` is handled, every
 timed block with `until <= t` ends, in order of `until`, each stamped with its own
-`until`; then `now = max(now, t)` (POLICY.md, "simulate"). The live worker keeps
-state in Faust tables instead and calls `processor.policy.machine` directly; both
-share every rule through it.
+`until`; then `now = max(now, t)` (docs/policy.md, "sendguard simulate"). States
+that rule 6 lets go are forgotten from time to time (`forget`), by the same test
+the worker uses. The live worker keeps state in Faust tables instead and calls
+`processor.policy.machine` directly; both share every rule through it.
 """
 
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterator
 
 from processor.policy.config import PolicyConfig
 from processor.policy.decisions import Block, Decision
+from processor.policy.directory import Directory
 from processor.policy.events import (
     DirectoryEntry,
     MailboxKey,
@@ -23,13 +24,24 @@ from processor.policy.events import (
     Tick,
     Verdict,
 )
-from processor.policy.machine import Outcome, ReleaseRefused, expire, release, step_verdict
+from processor.policy.machine import (
+    Outcome,
+    ReleaseRefused,
+    expire,
+    forgettable,
+    release,
+    step_verdict,
+)
 from processor.policy.state import MailboxState
 
 _NOT_QUALIFYING = Outcome.NOT_QUALIFYING  # see events._OUTBOUND: enum lookups are slow
+_LATE = Outcome.LATE
 
-#: Sweep evictable states (rule 6) after this many new mailboxes were created.
-_EVICTION_BATCH = 10_000
+#: Forget what rule 6 allows (`forget`) once this many mailboxes were added since the
+#: last time, or as many as were kept then, whichever is more: each sweep is paid for
+#: by as many additions as it visits states, and at most twice the states that must
+#: be kept (plus this batch) are held.
+_FORGET_BATCH = 10_000
 
 
 class Engine:
@@ -39,20 +51,13 @@ class Engine:
         self.config = config
         self.now_ms: int | None = None
         self.states: dict[MailboxKey, MailboxState] = {}
-        self._directory: dict[MailboxKey, DirectoryEntry] = {}
-        self._settings: dict[str, TenantSettings] = {}
+        #: The directory and tenant settings known at `now_ms` (the PolicyContext).
+        self.lookups = Directory()
         # (until, tie-breaker, key) for every timed block in force.
         self._expiries: list[tuple[int, int, MailboxKey]] = []
         self._pushed = 0
-        self._created_since_sweep = 0
-
-    # -- PolicyContext -------------------------------------------------------
-    def owner_of(self, key: MailboxKey) -> DirectoryEntry | None:
-        return self._directory.get(key)
-
-    def synchronized_security(self, tenant_id: str) -> bool | None:
-        settings = self._settings.get(tenant_id)
-        return None if settings is None else settings.synchronized_security
+        self._added_since_forget = 0
+        self._forget_after = _FORGET_BATCH
 
     # -- inputs ----------------------------------------------------------------
     def advance(self, at_ms: int) -> list[Decision]:
@@ -80,8 +85,14 @@ class Engine:
         if not verdict.qualifies:  # clean mail: counted by the caller, no state touched
             return _NOT_QUALIFYING, decisions
         assert self.now_ms is not None
-        state = self._state(verdict.key)
-        outcome, more = step_verdict(self.config, state, verdict, self.now_ms, self)
+        state = self.states.get(verdict.key)
+        if state is None:
+            state = MailboxState()
+            outcome, more = step_verdict(self.config, state, verdict, self.now_ms, self.lookups)
+            if outcome is not _LATE:  # a late verdict leaves the fresh state as it was
+                self._add(verdict.key, state)
+        else:
+            outcome, more = step_verdict(self.config, state, verdict, self.now_ms, self.lookups)
         for decision in more:
             if isinstance(decision, Block) and decision.until_ms is not None:
                 self._pushed += 1
@@ -94,16 +105,13 @@ class Engine:
     def directory(self, entry: DirectoryEntry) -> list[Decision]:
         """The owner and devices from `entry.at_ms` on; an older entry never replaces a newer."""
         decisions = self.advance(entry.at_ms)
-        known = self._directory.get(entry.key)
-        if known is None or entry.at_ms >= known.at_ms:
-            self._directory[entry.key] = entry
+        self.lookups.put_directory(entry)
         return decisions
 
     def settings(self, settings: TenantSettings) -> list[Decision]:
+        """The tenant's setting from `settings.at_ms` on; older ones never replace newer."""
         decisions = self.advance(settings.at_ms)
-        known = self._settings.get(settings.tenant_id)
-        if known is None or settings.at_ms >= known.at_ms:
-            self._settings[settings.tenant_id] = settings
+        self.lookups.put_settings(settings)
         return decisions
 
     def release(self, request: Release) -> tuple[list[Decision], ReleaseRefused | None]:
@@ -132,25 +140,24 @@ class Engine:
             return self.release(event)
         return self.tick(event.at_ms), None
 
-    # -- inspection ------------------------------------------------------------
-    def blocked(self) -> Iterator[tuple[MailboxKey, MailboxState]]:
-        return ((key, s) for key, s in self.states.items() if s.blocked)
+    def forget(self) -> int:
+        """Rule 6: drop every mailbox state `forgettable` allows at `now_ms`; how many.
 
-    def _state(self, key: MailboxKey) -> MailboxState:
-        state = self.states.get(key)
-        if state is None:
-            # Sweep before creating: a fresh state is itself evictable until it counts.
-            self._created_since_sweep += 1
-            if self._created_since_sweep >= _EVICTION_BATCH:
-                self._evict()
-            state = self.states[key] = MailboxState()
-        return state
+        Decisions never depend on it (that is the rule), only memory does.
+        """
+        now = self.now_ms
+        gone = []
+        if now is not None:
+            config = self.config
+            gone = [key for key, state in self.states.items() if forgettable(config, state, now)]
+            for key in gone:
+                del self.states[key]
+        self._added_since_forget = 0
+        self._forget_after = max(_FORGET_BATCH, len(self.states))
+        return len(gone)
 
-    def _evict(self) -> None:
-        """Rule 6: forget mailboxes that can never matter again (bounded memory)."""
-        self._created_since_sweep = 0
-        now, window = self.now_ms, self.config.window_ms
-        if now is None:
-            return
-        for key in [k for k, s in self.states.items() if s.evictable(now, window)]:
-            del self.states[key]
+    def _add(self, key: MailboxKey, state: MailboxState) -> None:
+        self._added_since_forget += 1
+        if self._added_since_forget >= self._forget_after:
+            self.forget()
+        self.states[key] = state

@@ -2,13 +2,25 @@
 
 All times are epoch milliseconds, UTC (`*_ms`). Mailbox addresses are normalised
 (stripped, lower-cased) when an event is built with `MailboxKey.of`; tenant ids are
-compared as given (POLICY.md, "Mailbox key").
+compared as given (docs/policy.md, "Terms").
 """
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+
+#: The last usable event time, 9999-12-31T23:59:59.999Z (the end of ISO-8601's four-digit
+#: years): a later (or negative) time is a broken clock, not data.
+MAX_TIMESTAMP_MS = 253_402_300_799_999
+#: The longest duration the policy works with, 36,525 days (a century): a duration
+#: setting or a timed block (`PolicyConfig`) may not be longer.
+MAX_DURATION_MS = 36_525 * 86_400_000
+#: The latest time a `simulate` input line may carry (9899-12-30T23:59:59.999Z): a block
+#: that starts then, however long, still ends by MAX_TIMESTAMP_MS, so every time the
+#: policy computes can be written as a four-digit-year ISO-8601 time. (Live, `now` is the wall
+#: clock and a verdict's own time never starts a block, so only MAX_TIMESTAMP_MS applies.)
+MAX_INPUT_TIMESTAMP_MS = MAX_TIMESTAMP_MS - MAX_DURATION_MS
 
 
 class Direction(enum.Enum):
@@ -86,12 +98,17 @@ class TenantSettings:
 
 @dataclass(frozen=True, slots=True)
 class Release:
-    """A support release of a permanently blocked mailbox: privileged and audited."""
+    """A support release of a permanently blocked mailbox: privileged and audited.
+
+    `action_id` names the request (unique per attempt, "" when it has none, as in a
+    scenario file); it keeps the refusal reports of two attempts apart.
+    """
 
     key: MailboxKey
     actor: str
     reason: str
     at_ms: int
+    action_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,12 +1,13 @@
 """The lockout state machine: one mailbox, one event, the decisions it requires.
 
-Theory of operation (POLICY.md is the specification; rule numbers refer to it):
+Theory of operation (docs/policy.md is the specification; rule numbers refer to it):
 
     verdict ──► qualifies? ──no──► NOT_QUALIFYING (no state touched)
                    │ yes
                    ▼
       clamp a skewed clock (7) ──► late? (1) ──► blocked? (3) ──► before reset? (4, 10)
-                   ──► duplicate? (2) ──► count it ──► threshold reached? (5)
+         ──► drop entries that can never matter (6) ──► duplicate? (2) ──► count it
+                                                   ──► threshold reached? (5)
                                                           │ yes
                        allowlisted? (12) ──yes──► alert, clear window, no offense
                                  │ no
@@ -15,6 +16,7 @@ Theory of operation (POLICY.md is the specification; rule numbers refer to it):
 
     timed block with until <= now ──► UNBLOCK at until, reason expired (9)
     support release of a permanent block ──► UNBLOCK at now, offenses reset (10)
+    quiet long enough (6) ──► `forgettable`: the caller may drop the state
 
 Every function here mutates the `MailboxState` it is given and returns decisions
 for the caller to send, in order. None reads a clock: `now_ms` is passed in.
@@ -114,8 +116,11 @@ def step_verdict(
     at = verdict.scanned_at_ms
     if at > now_ms + MAX_CLOCK_SKEW_MS:
         at = now_ms
+    window_ms = config.window_ms
     high_water = state.high_water_ms
-    if high_water is not None and at <= high_water - config.window_ms:
+    if at < now_ms - config.max_lateness_ms or (
+        high_water is not None and at <= high_water - window_ms
+    ):
         return Outcome.LATE, decisions
     if high_water is None or at > high_water:
         state.high_water_ms = high_water = at
@@ -124,10 +129,10 @@ def step_verdict(
     if state.counts_from_ms is not None and at < state.counts_from_ms:
         return Outcome.BEFORE_RESET, decisions
     window = state.window
+    window.drop_older_than(_first_useful(config, high_water, now_ms))
     if verdict.message_id in window:
         return Outcome.DUPLICATE, decisions
     window.add(at, verdict.message_id)
-    window.drop_older_than(high_water - 2 * config.window_ms)
     evidence = window.trigger(at, config.window_ms, config.threshold)
     if evidence is None:
         return Outcome.COUNTED, decisions
@@ -137,6 +142,49 @@ def step_verdict(
     else:
         decisions.extend(_block(config, state, key, now_ms, evidence, context))
     return Outcome.TRIGGERED, decisions
+
+
+def _first_useful(config: PolicyConfig, high_water_ms: int, now_ms: int) -> int:
+    """Rule 6: the earliest `scanned_at` a window entry can have and still matter.
+
+    An entry at `a` can share an interval `(x - window, x]` only with a verdict scanned
+    before `a + window`. Every verdict still to come is scanned after `H - window`
+    (rule 1), so entries at or before `H - 2 * window` can never matter; rule 6's
+    cut is "older than `H - 2 * window`", and the one entry exactly there is kept
+    too. Every verdict still to come is also scanned at or after `now - max_lateness`
+    (rule 1), so entries with `a + window <= now - max_lateness` can never matter
+    either. Dropping both before the duplicate check makes the window state one
+    function of `H` and `now` — which is what lets `forgettable` forget a mailbox
+    without changing any decision.
+    """
+    return max(
+        high_water_ms - 2 * config.window_ms,
+        now_ms - config.max_lateness_ms - config.window_ms + 1,
+    )
+
+
+def forgettable(config: PolicyConfig, state: MailboxState, now_ms: int) -> bool:
+    """Rule 6: whether the mailbox's state may be forgotten at `now_ms`, so memory stays
+    bounded, without changing any decision. The one test the engine and the worker use.
+
+    True when the mailbox has no offense and no block, and `H + window` and its last
+    unblock or release are both before `now_ms - max_lateness`: every verdict that
+    could still join its window is late by rule 1, and `_first_useful` has dropped (or
+    will drop) every entry, so a fresh state decides exactly as this one would.
+    Additionally (rule 13), a mailbox that was ever blocked or allowlisted is never
+    forgotten: its block sequence and allowlist count keep decision ids unique, even
+    after a release has reset its offenses.
+    """
+    horizon = now_ms - config.max_lateness_ms
+    high_water, counts_from = state.high_water_ms, state.counts_from_ms
+    return (
+        state.offenses == 0
+        and state.sequence == 0
+        and state.allowlist_hits == 0
+        and not state.blocked
+        and (high_water is None or high_water + config.window_ms < horizon)
+        and (counts_from is None or counts_from < horizon)
+    )
 
 
 def release(
@@ -166,7 +214,7 @@ def release(
             event="release_refused",
             offense=state.offenses or None,
             until_ms=state.blocked_until_ms,
-            report_id=decision_id(key, state.sequence, f"release_refused@{request.at_ms}"),
+            report_id=refusal_report_id(state, request),
             actor=request.actor,
             reason=reason,
         )
@@ -177,6 +225,20 @@ def release(
     decisions.extend(_unblock(state, key, now_ms, "released", request.actor, request.reason))
     state.offenses = 0
     return decisions, None
+
+
+def refusal_report_id(state: MailboxState, request: Release) -> str:
+    """The id of the `release_refused` report if `request` is refused against `state`.
+
+    It depends only on the mailbox, its block sequence, the request's own time and
+    its action id when it has one (two refused attempts in the same millisecond are
+    two audit records), so whoever publishes a release can know the refusal's id
+    before the policy decides.
+    """
+    action = f"release_refused@{request.at_ms}"
+    if request.action_id:
+        action = f"{action}#{request.action_id}"
+    return decision_id(request.key, state.sequence, action)
 
 
 def _block(

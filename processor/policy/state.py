@@ -7,6 +7,7 @@ down ends at once, stamped with its own `until`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from processor.policy.window import SlidingWindow
@@ -51,30 +52,6 @@ class MailboxState:
     def blocked(self) -> bool:
         return self.permanent or self.blocked_until_ms is not None
 
-    def block_is_due(self, now_ms: int) -> bool:
-        return self.blocked_until_ms is not None and self.blocked_until_ms <= now_ms
-
-    def evictable(self, now_ms: int, window_ms: int) -> bool:
-        """Rule 6: the state of a quiet mailbox may be forgotten, so memory stays bounded.
-
-        Required: no offense, no block, and H and the last unblock or release more
-        than two windows behind `now_ms`. Also required: the mailbox was never
-        blocked or allowlisted, because the counters behind decision ids must
-        survive (rule 13). Window entries are all at or before H, so they are old
-        too: only a verdict delayed by more than a window behind the clock could
-        still have joined them. We forget them anyway — otherwise every mailbox
-        that ever sent one stray spam would be kept forever (README, "Policy choices").
-        """
-        horizon = now_ms - 2 * window_ms
-        return (
-            self.offenses == 0
-            and self.sequence == 0
-            and self.allowlist_hits == 0
-            and not self.blocked
-            and (self.high_water_ms is None or self.high_water_ms < horizon)
-            and (self.counts_from_ms is None or self.counts_from_ms < horizon)
-        )
-
     def to_record(self) -> dict[str, Any]:
         """A JSON-friendly dict (the Faust table value)."""
         return {
@@ -89,6 +66,18 @@ class MailboxState:
             "allowlist_hits": self.allowlist_hits,
             "window": [[at, mid] for at, mid in self.window.entries],
         }
+
+    @staticmethod
+    def block_of_record(record: Mapping[str, Any] | None) -> tuple[bool, int | None]:
+        """`(permanent, until)` of the block in force in a stored `to_record()` dict,
+        read without building the state: `(True, None)` for a permanent block,
+        `(False, until)` for a timed one, `(False, None)` for none (or no record)."""
+        if record is None:
+            return False, None
+        if record.get("permanent"):
+            return True, None
+        until = record.get("until")
+        return False, until if isinstance(until, int) else None
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> MailboxState:

@@ -2,7 +2,7 @@
 
 A window is the half-open interval `(x - window, x]`. The threshold is reached
 when *some* such interval holds `threshold` counted verdicts, the new one included
-(POLICY.md rule 5), so a burst that straddles any fixed boundary still triggers:
+(docs/policy.md, rule 5), so a burst that straddles any fixed boundary still triggers:
 
     window = 10 min, threshold = 5
     10:00   10:05   10:09   10:12   10:14        (counted verdicts)

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import faust
 
-from processor.stream import faust_fixes
+from processor.stream import aiokafka_fixes, faust_fixes
 from processor.stream.settings import WorkerSettings
 
 
 def create_app(settings: WorkerSettings) -> faust.App:
     faust_fixes.install()
+    aiokafka_fixes.install()
     connection = settings.connection
     return faust.App(
         settings.names.app_id,
@@ -35,6 +36,10 @@ def create_app(settings: WorkerSettings) -> faust.App:
         web_enabled=True,
         web_host=settings.web_host,
         web_port=settings.web_port,
+        # Bind exactly the address asked for (Faust would bind every interface), and
+        # tell the other workers the URL they reach this one at.
+        web_bind=settings.web_host,
+        canonical_url=settings.advertised_url or f"http://{settings.web_host}:{settings.web_port}",
         web_in_thread=False,
         # Faust's own /router and /table pages would show table contents to anyone:
         # the worker's data is served only by processor.stream.web, behind tokens.

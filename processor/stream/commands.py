@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+import urllib.parse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from processor.codec.wire import CodecConfig
-from processor.ops.auth import Tokens
+from processor.credentials import CredentialError, read_secret, require_strong
+from processor.ops.auth import ADMIN_ENV
+from processor.ops.peer_auth import SECRET_ENV, SECRET_FILE_ENV
+from processor.ops.support_tokens import TOKENS_FILE_ENV
 from processor.policy import PolicyConfigError
 from processor.policy_file import load_policy
 from processor.stream.connection import (
@@ -18,8 +23,12 @@ from processor.stream.connection import (
     schema_registry_option,
     topic_prefix_option,
 )
+from processor.stream.secret_options import action_keys_from, action_keys_options
 from processor.stream.settings import STORES, WorkerSettings
 from processor.stream.topics import TopicNames
+
+if TYPE_CHECKING:
+    from processor.ops.access import Access
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +43,7 @@ log = logging.getLogger(__name__)
     type=click.Path(dir_okay=False, exists=True),
     envvar="SENDGUARD_POLICY",
     show_envvar=True,
-    help="Policy file (YAML); the defaults of POLICY.md when omitted.",
+    help="Policy file (YAML); the defaults of docs/policy.md when omitted.",
 )
 @click.option(
     "--store",
@@ -59,6 +68,15 @@ log = logging.getLogger(__name__)
     show_envvar=True,
     default="127.0.0.1",
     show_default=True,
+    help="Address the web server binds (0.0.0.0 or :: for every interface: then "
+    "--advertised-url is required).",
+)
+@click.option(
+    "--advertised-url",
+    envvar="SENDGUARD_ADVERTISED_URL",
+    show_envvar=True,
+    help="URL other workers reach this one at, e.g. http://worker-2.internal:6066 "
+    "(default: http://WEB_HOST:WEB_PORT).",
 )
 @click.option(
     "--data-dir",
@@ -115,13 +133,32 @@ log = logging.getLogger(__name__)
     envvar="SENDGUARD_ADMIN_TOKEN",
     show_envvar=True,
     help="Bearer token of the admin API (mailbox state, blocks, /status); unset: disabled. "
-    "Prefer the variable: a flag is visible in the process list.",
+    "At least 128 bits (22 base64url characters). Prefer the variable: a flag is visible "
+    "in the process list.",
 )
 @click.option(
-    "--support-token",
-    envvar="SENDGUARD_SUPPORT_TOKEN",
+    "--support-tokens-file",
+    envvar=TOKENS_FILE_ENV,
     show_envvar=True,
-    help="Bearer token of support releases (POST .../release); unset: disabled.",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="Personal support tokens: `<sha256 of token> <actor>` per line (sendguard "
+    "support-token makes them), read again when it changes. Unset: releases disabled.",
+)
+@action_keys_options
+@click.option(
+    "--peer-secret",
+    envvar=SECRET_ENV,
+    show_envvar=True,
+    help="Secret shared by the workers of a group, to authenticate requests they forward "
+    "to each other (at least 128 bits). Unset: requests for another worker's mailboxes "
+    "are answered 503.",
+)
+@click.option(
+    "--peer-secret-file",
+    envvar=SECRET_FILE_ENV,
+    show_envvar=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="File holding the peer secret (instead of --peer-secret).",
 )
 def worker(**options: Any) -> None:
     """Run the live worker until interrupted (SIGINT/SIGTERM)."""
@@ -130,6 +167,12 @@ def worker(**options: Any) -> None:
         policy = load_policy(options["policy_path"])
     except PolicyConfigError as error:
         raise click.BadParameter(str(error), param_hint="--policy") from None
+    try:
+        advertised = advertised_url(
+            options["web_host"], options["web_port"], options["advertised_url"]
+        )
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--advertised-url") from None
     settings = WorkerSettings(
         connection=connection,
         names=TopicNames(prefix=options["topic_prefix"], app_id=options["app_id"]),
@@ -138,15 +181,87 @@ def worker(**options: Any) -> None:
         store=options["store"],
         web_host=options["web_host"],
         web_port=options["web_port"],
+        advertised_url=advertised,
         data_dir=options["data_dir"],
         partitions=options["partitions"],
         replication_factor=options["replication_factor"],
         instance_id=options["instance_id"] or None,
+        action_keys=action_keys_from(options),
     )
-    from processor.ops.auth import Tokens
+    run_worker(
+        settings, edge=options["edge"], loglevel=options["loglevel"], access=access_from(options)
+    )
 
-    tokens = Tokens(admin=options["admin_token"] or None, support=options["support_token"] or None)
-    run_worker(settings, edge=options["edge"], loglevel=options["loglevel"], tokens=tokens)
+
+def advertised_url(web_host: str, web_port: int, given: str | None) -> str:
+    """The URL other workers reach this one at: `given`, or http://WEB_HOST:WEB_PORT.
+
+    Raises ValueError when `given` is not an http(s) URL of a host (with no path,
+    query or user), or when none is given and the worker binds every interface
+    (no other worker can reach "0.0.0.0").
+    """
+    if not given:
+        if _is_wildcard(web_host):
+            raise ValueError(
+                f"--web-host {web_host} binds every interface: set SENDGUARD_ADVERTISED_URL "
+                "to the URL other workers (and Prometheus) reach this one at"
+            )
+        host = f"[{web_host}]" if ":" in web_host else web_host
+        return f"http://{host}:{web_port}"
+    url = urllib.parse.urlsplit(given.strip())
+    try:
+        url.port  # noqa: B018 (a bad port raises here)
+    except ValueError:
+        raise ValueError(f"{given!r} has a bad port") from None
+    if (
+        url.scheme not in ("http", "https")
+        or not url.hostname
+        or url.path not in ("", "/")
+        or url.query
+        or url.fragment
+        or url.username
+        or _is_wildcard(url.hostname)
+    ):
+        raise ValueError(
+            f"{given!r} must be http(s)://HOST[:PORT] with a host other workers can reach (no path)"
+        )
+    return f"{url.scheme}://{url.netloc}"
+
+
+def _is_wildcard(host: str) -> bool:
+    try:
+        return host in ("", "*") or ipaddress.ip_address(host.strip("[]")).is_unspecified
+    except ValueError:
+        return False  # a host name
+
+
+def access_from(options: dict[str, Any]) -> Access:
+    """The API's credentials, each checked now: a weak token or secret, or an unusable
+    token file, stops the start-up with a message saying which and why."""
+    from processor.ops.access import Access
+    from processor.ops.peer_auth import PeerAuth
+    from processor.ops.support_tokens import SupportTokens, TokenFileError
+
+    try:
+        admin = options["admin_token"] or None
+        if admin is not None:
+            require_strong(ADMIN_ENV, admin)
+        secret = read_secret(
+            options["peer_secret"], options["peer_secret_file"], SECRET_ENV, SECRET_FILE_ENV
+        )
+        if secret is not None:
+            require_strong(SECRET_ENV, secret)
+        path = options["support_tokens_file"]
+        support = SupportTokens(path) if path is not None else None
+    except (CredentialError, TokenFileError) as error:
+        raise click.UsageError(str(error)) from None
+    if support is not None and not len(support):
+        log.warning("%s lists nobody: every release is refused", path)
+    return Access(
+        admin_token=admin,
+        support_tokens=support,
+        peers=PeerAuth(secret) if secret is not None else None,
+    )
 
 
 def run_worker(
@@ -154,13 +269,14 @@ def run_worker(
     *,
     edge: bool = True,
     loglevel: str = "info",
-    tokens: Tokens | None = None,
+    access: Access | None = None,
 ) -> None:
     """Build and run everything; returns when the worker stops."""
     import faust
     from prometheus_client import CollectorRegistry
 
     from processor.codec.wire import Codec
+    from processor.ops.access import Access
     from processor.ops.logging import configure_logging, log_decisions
     from processor.ops.metrics import Metrics
     from processor.ops.recent import RecentEvents
@@ -169,6 +285,7 @@ def run_worker(
     from processor.stream.delivery import Delivery
     from processor.stream.edge import EdgeConfig
     from processor.stream.edge_process import EdgeSupervisor
+    from processor.stream.librdkafka_settings import worker_client_settings
     from processor.stream.lookups import LookupReader, Lookups
     from processor.stream.outputs import Outputs
     from processor.stream.runtime import Runtime
@@ -178,7 +295,9 @@ def run_worker(
     from processor.stream.web import WebContext, define_web
 
     configure_logging(loglevel)
-    names, client_config = settings.names, settings.connection.confluent()
+    names = settings.names
+    # Slower reconnects and librdkafka's lines in our (capped) log: see librdkafka_settings.
+    client_config = {**settings.connection.confluent(), **worker_client_settings()}
     try:
         partitions = ensure_internal_topic(
             client_config, names.mailbox_events, settings.partitions, settings.replication_factor
@@ -202,7 +321,7 @@ def run_worker(
         raise click.ClickException(str(error)) from None
     log.info(
         "directory: %d mailbox(es), settings: %d tenant(s)",
-        len(lookups.directory),
+        len(lookups.owners),
         len(lookups.settings),
     )
     reader.start()
@@ -237,13 +356,17 @@ def run_worker(
                 batch_size=settings.edge_batch_size,
                 session_timeout_s=settings.session_timeout_s,
                 instance_id=settings.instance_id,
+                action_keys=settings.action_keys,
             ),
             rt.add_edge_counts,
         )
     define_lockout_agent(app, rt)
     define_timers(app, rt, supervisor, settings.expiry_interval_s)
     rt.on_decisions.append(log_decisions)
-    define_web(app, WebContext(rt, tokens or Tokens(), codec, RecentEvents()))
+    define_web(
+        app,
+        WebContext(rt, access or Access(), codec, RecentEvents(), action_keys=settings.action_keys),
+    )
     if supervisor is not None:
         supervisor.start()
     try:

@@ -7,6 +7,7 @@ keeps the GIL away from the stateful agent). Per batch:
     consume ≤ batch_size from mail.verdicts and mailbox.support-actions
       ─► decode + validate each record (processor.codec)
            bad ──► sendguard.dead-letter (reason, source topic/partition/offset, raw bytes)
+           unsigned, forged or stale support action ──► dead letter (unauthenticated_action)
            clean or inbound ──► counted, dropped
            qualifying verdict / support release ──► a pack of its mailbox's partition
       ─► produce the packs (≤ 1000 events, ≤ 256 KiB each) to the internal topic
@@ -42,6 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from processor.codec import records
+from processor.codec.action_signing import ActionKeys
 from processor.codec.errors import DecodeError
 from processor.codec.wire import Codec, CodecConfig
 from processor.stream import events
@@ -71,6 +73,8 @@ class EdgeConfig:
     lag_every_s: float = 5.0
     session_timeout_s: float = 10.0
     instance_id: str | None = None
+    #: Verify support actions (none configured: every action is dead-lettered).
+    action_keys: ActionKeys = field(default_factory=ActionKeys)
 
 
 @dataclass(slots=True)
@@ -195,6 +199,8 @@ class EdgeStage:
                 else:
                     if name != SUPPORT_ACTION:
                         raise DecodeError("wrong_schema", f"expected {SUPPORT_ACTION}, got {name}")
+                    # Only a signed, fresh action may lift a block (DecodeError otherwise).
+                    self.config.action_keys.verify(record, int(time.time() * 1000))
                     event = records.release_from_record(record)
                     counts.releases += 1
             except DecodeError as error:

@@ -154,7 +154,13 @@ def _body(event: MailboxEvent) -> dict[str, object]:
             "scanned_at": event.scanned_at_ms,
         }
     if isinstance(event, Release):
-        return {"type": "release", "actor": event.actor, "reason": event.reason, "at": event.at_ms}
+        return {
+            "type": "release",
+            "actor": event.actor,
+            "reason": event.reason,
+            "at": event.at_ms,
+            "action_id": event.action_id,
+        }
     if isinstance(event, ExpiryTick):
         return {"type": "expire", "until": event.until_ms}
     return {"type": "sweep"}
@@ -189,7 +195,11 @@ def _event(key: MailboxKey, body: dict[str, object]) -> MailboxEvent:
         )
     if kind == "release":
         return Release(
-            key=key, actor=_str(body["actor"]), reason=_str(body["reason"]), at_ms=_int(body["at"])
+            key=key,
+            actor=_str(body["actor"]),
+            reason=_str(body["reason"]),
+            at_ms=_int(body["at"]),
+            action_id=_str(body.get("action_id", "")),  # absent: written before it existed
         )
     if kind == "expire":
         return ExpiryTick(key=key, until_ms=_int(body["until"]))

@@ -15,6 +15,9 @@ yet answered is resent after `retry_ms`, in case it was lost in a rebalance.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
+
+from processor.policy import MailboxState
 
 #: Marks a permanent block in the index (it has no end time).
 PERMANENT = -1
@@ -33,13 +36,13 @@ class ExpiryIndex:
         self._by_partition: dict[int, dict[bytes, _Entry]] = {}
         self._retry_ms = retry_ms
 
-    def update(self, partition: int, key: bytes, record: dict[str, object] | None) -> None:
+    def update(self, partition: int, key: bytes, record: dict[str, Any] | None) -> None:
         """Record the stored state `record` (`MailboxState.to_record()`, None if deleted)."""
         entries = self._by_partition.setdefault(partition, {})
-        until = None if record is None else record.get("until")
-        if record is not None and record.get("permanent"):
+        permanent, until = MailboxState.block_of_record(record)
+        if permanent:
             entries[key] = _Entry(PERMANENT)
-        elif isinstance(until, int):
+        elif until is not None:
             known = entries.get(key)
             if known is None or known.until_ms != until:
                 entries[key] = _Entry(until)

@@ -29,6 +29,7 @@ from processor.policy import (
     Release,
     Verdict,
     expire,
+    forgettable,
     release,
     step_verdict,
 )
@@ -36,6 +37,8 @@ from processor.stream.events import ExpiryTick, MailboxEvent, SweepTick
 
 #: What the agent does with the table after a step.
 KEEP, STORE, DELETE = "keep", "store", "delete"
+#: The record of a mailbox never seen: a step that leaves it so stores nothing.
+_FRESH = MailboxState().to_record()
 
 #: (offset of the internal record, index of the event in its pack).
 Position = tuple[int, int]
@@ -87,10 +90,11 @@ def handle(
 
     Each event is stepped at its pack's `at`, or at the mailbox's clock (the stored
     one, then the latest `now` used here) if that is later. A refused release's
-    `release_refused` report is sent like any other decision. A mailbox never seen
-    before is not created by a release or a tick; a sweep forgets a mailbox whose
-    state may be forgotten (rule 6). Raises ValueError when the stored state has
-    an unknown version.
+    `release_refused` report is sent like any other decision. The state is stored
+    only when it changed, so a mailbox never seen before is not created by a
+    release, a tick or a late verdict; a sweep tick deletes the state when rule 6
+    allows (`forgettable`). Raises ValueError when the stored state has an unknown
+    version.
     """
     step = Step()
     done = stored_position(stored)
@@ -102,7 +106,7 @@ def handle(
     clock = None if stored is None else stored.get("clock")
     now = -1 if clock is None else int(clock)
     state = MailboxState.from_record(record) if record is not None else MailboxState()
-    exists = record is not None
+    forgotten = False
     for _, at_ms, event in todo:
         if at_ms > now:
             now = at_ms
@@ -112,7 +116,6 @@ def handle(
             outcome, decisions = step_verdict(config, state, event, now, context)
             step.outcomes.append(outcome)
             triggered = event.scanned_at_ms
-            exists = exists or outcome is not Outcome.NOT_QUALIFYING
         elif isinstance(event, Release):
             decisions, refused = release(state, event, now)
             if refused is not None:
@@ -121,16 +124,17 @@ def handle(
             decisions = expire(state, event.key, now)
         elif isinstance(event, SweepTick):
             decisions = expire(state, event.key, now)
-            if exists and state.evictable(now, config.window_ms):
-                state, exists = MailboxState(), False
+            if forgettable(config, state, now):
+                state, forgotten = MailboxState(), True
         else:  # pragma: no cover - the union above is exhaustive
             raise TypeError(f"not an internal event: {event!r}")
         if decisions:
             step.sent.append((decisions, triggered))
-    if not exists:
+    new_record = state.to_record()
+    if new_record == _FRESH and (forgotten or record is None):
+        # Never seen, or forgotten (and not seen again since): nothing to keep.
         step.action = DELETE if stored is not None else KEEP
         return step
-    new_record = state.to_record()
     if new_record != record:
         step.action = STORE
         step.value = {"state": new_record, "pos": list(todo[-1][0]), "clock": now}

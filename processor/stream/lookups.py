@@ -23,45 +23,19 @@ from typing import Any
 from processor.codec import records
 from processor.codec.errors import DecodeError
 from processor.codec.wire import Codec
-from processor.policy import DirectoryEntry, MailboxKey, TenantSettings
+from processor.policy import Directory
 
 log = logging.getLogger(__name__)
 
 
-class Lookups:
-    """Directory entries and tenant settings, newest `at` wins (as in `simulate`)."""
+class Lookups(Directory):
+    """Directory entries and tenant settings, newest `at` wins (`processor.policy.Directory`,
+    the same rule as in `simulate`), filled by a `LookupReader`.
 
-    def __init__(self) -> None:
-        self.directory: dict[MailboxKey, DirectoryEntry] = {}
-        self.settings: dict[str, TenantSettings] = {}
-
-    # -- PolicyContext -------------------------------------------------------------
-    def owner_of(self, key: MailboxKey) -> DirectoryEntry | None:
-        return self.directory.get(key)
-
-    def synchronized_security(self, tenant_id: str) -> bool | None:
-        settings = self.settings.get(tenant_id)
-        return None if settings is None else settings.synchronized_security
-
-    # -- updates ---------------------------------------------------------------------
-    def put_directory(self, entry: DirectoryEntry) -> None:
-        known = self.directory.get(entry.key)
-        if known is None or entry.at_ms >= known.at_ms:
-            self.directory[entry.key] = entry
-
-    def put_settings(self, settings: TenantSettings) -> None:
-        known = self.settings.get(settings.tenant_id)
-        if known is None or settings.at_ms >= known.at_ms:
-            self.settings[settings.tenant_id] = settings
-
-    # A tombstone deletes the key from the compacted topic: forgetting it here keeps
-    # a long-running worker in agreement with one started after compaction, which
-    # never sees the deleted entry at all.
-    def forget_directory(self, key: MailboxKey) -> None:
-        self.directory.pop(key, None)
-
-    def forget_settings(self, tenant_id: str) -> None:
-        self.settings.pop(tenant_id, None)
+    A tombstone deletes the key from the compacted topic: forgetting it here keeps a
+    long-running worker in agreement with one started after compaction, which never
+    sees the deleted entry at all.
+    """
 
 
 class LookupReader:

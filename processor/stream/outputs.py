@@ -1,7 +1,7 @@
 """Decisions as Kafka records: (topic, key bytes, value bytes), Avro via the codec.
 
 Kept apart from the agent so the mapping is tested without a broker. Commands go
-first and on their own (see `split_commands`): POLICY.md rule 11 orders the BLOCK
+first and on their own (see `split_commands`): docs/policy.md rule 11 orders the BLOCK
 before the scans, alert and report, and a gateway must never see a report of a
 block whose command was lost.
 """

@@ -43,7 +43,7 @@ def _dumps(value: dict[str, Any]) -> bytes:
 
 
 def wall_ms() -> int:
-    """The live clock (POLICY.md: live `now` is wall-clock time)."""
+    """The live clock (docs/policy.md: live `now` is wall-clock time)."""
     return int(time.time() * 1000)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from processor.codec.action_signing import ActionKeys
 from processor.codec.wire import CodecConfig
 from processor.policy import PolicyConfig
 from processor.stream.connection import KafkaConnection
@@ -23,6 +24,9 @@ class WorkerSettings:
     store: str = "rocksdb"
     web_host: str = "127.0.0.1"
     web_port: int = 6066
+    #: How other workers reach this one (Faust's canonical_url); the default is
+    #: http://web_host:web_port.
+    advertised_url: str | None = None
     data_dir: Path = Path("sendguard-data")
     #: Partitions of the internal topic and the table changelog (fixed once created).
     partitions: int = 6
@@ -38,6 +42,9 @@ class WorkerSettings:
     #: Static group membership: a worker restarted under the same id gets its
     #: partitions back at once, without a rebalance of the whole group.
     instance_id: str | None = None
+    #: Sign the API's support actions (the first key) and verify them at the edge
+    #: (every key). None configured: releases are disabled.
+    action_keys: ActionKeys = field(default_factory=ActionKeys)
 
     @property
     def store_url(self) -> str:

@@ -1,6 +1,6 @@
 """Wall-clock work of the worker: expiry ticks, the eviction sweep, gauges, the edge.
 
-Timers never change state themselves: due blocks and evictable states are turned
+Timers never change state themselves: due blocks and forgettable states are turned
 into ticks on the internal topic, packed per partition and stamped with the time
 of the pass (`processor.stream.packing`), and the agent handles them in order with
 the mailbox's other events. A block that fell due while the worker was down is
@@ -17,7 +17,7 @@ from typing import TypeVar
 
 import faust
 
-from processor.policy import MailboxState
+from processor.policy import MailboxState, forgettable
 from processor.stream.edge_process import EdgeSupervisor
 from processor.stream.events import ExpiryTick, SweepTick, decode_key
 from processor.stream.packing import Packer
@@ -76,21 +76,26 @@ def define_timers(
                 lag = highwater - rt.processed[tp.partition] - 1
                 rt.metrics.set_lag(tp.topic, tp.partition, max(0, lag))
 
-    # Rule 6 sweep: at most once a window (and not more often than a minute), since
-    # a state becomes evictable only two windows after its last activity.
-    @app.timer(interval=max(60.0, rt.policy.window_ms / 1000), on_leader=False)  # type: ignore[untyped-decorator]
+    # Rule 6 sweep. A state becomes forgettable `max_lateness + window` after its last
+    # qualifying verdict (a day and ten minutes by default), so sweeping each window
+    # would mostly re-read states that are not due: sweep once per 1/24 of max_lateness
+    # (an hour by default), but never more often than once a minute or once a window.
+    policy = rt.policy
+    sweep_s = max(60.0, policy.window_ms / 1000, policy.max_lateness_ms / 24_000)
+
+    @app.timer(interval=sweep_s, on_leader=False)  # type: ignore[untyped-decorator]
     @_guarded
-    async def sweep_evictable() -> None:
-        now, window = wall_ms(), rt.policy.window_ms
+    async def sweep_forgettable() -> None:
+        now = wall_ms()
         started, sent = time.monotonic(), 0
         packer = Packer(rt.partitions)
         for key, record in rt.stored_states():
-            if record is not None and MailboxState.from_record(record).evictable(now, window):
+            if record is not None and forgettable(policy, MailboxState.from_record(record), now):
                 packer.add(SweepTick(decode_key(key)))
                 sent += 1
         await send(packer)
         if sent:
-            log.info("eviction sweep: %d tick(s) in %.2fs", sent, time.monotonic() - started)
+            log.info("rule 6 sweep: %d tick(s) in %.2fs", sent, time.monotonic() - started)
 
     async def on_recovered() -> None:
         rt.rebuild_index()

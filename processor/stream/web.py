@@ -4,23 +4,27 @@
     GET  /ready                                    200 once the tables have recovered
     GET  /metrics                                  Prometheus, no token
     GET  /api/mailboxes/{tenant}/{mailbox}         admin token: state, block, next penalty
-    GET  /api/blocks[?tenant=T]                    admin token: current blocks
+    GET  /api/blocks[?tenant=T]                    admin token: current blocks, every worker
     GET  /status                                   admin token (header or cookie): HTML
-    POST /api/mailboxes/{tenant}/{mailbox}/release support token, JSON {actor, reason}
+    POST /api/mailboxes/{tenant}/{mailbox}/release personal support token, JSON {reason}
 
-A mailbox's state lives on the worker that owns its table partition, so mailbox
-requests are forwarded to that worker (Faust's assignor knows it; the routed
-request carries a marker, so a request is forwarded at most once). The block list
-and the status page ask every worker of the group for the blocks of its partitions.
-Tokens: see `processor.ops.auth`.
+Credentials: see `processor.ops.access`. A mailbox's state lives on the worker
+that owns its table partition, so a mailbox request is forwarded to that worker
+once, with a peer marker instead of the user's token (`processor.stream.routing`);
+the block list and the status page ask every worker for its blocks the same way.
+Path segments are percent-encoded by clients (`/` in a mailbox is `%2F`) and
+forwarded raw, so any character routes.
 
-A release is checked against the stored state first, with the policy's own
-`release` on a copy: a timed block or an unblocked mailbox is refused at once (409,
-the policy's reason), and the refusal's `release_refused` report is still published
-to `mail.reports` like any decision, so every release attempt is audited. Otherwise
-a SupportAction goes to `mailbox.support-actions`, where it is ordered with the
-mailbox's verdicts, and the handler waits for the agent's report: 200 released (or
-409 if the state changed in between), or 202 when the agent has not answered in time.
+A release is checked on the owner against the stored state first, with the
+policy's own `release` on a copy: a timed block or an unblocked mailbox is
+refused at once (409, the policy's reason), and the refusal's `release_refused`
+report is still published to `mail.reports` like any decision. Otherwise a
+signed SupportAction (`processor.codec.action_signing`) goes to
+`mailbox.support-actions`, where it is ordered with the mailbox's verdicts, and
+the handler waits for the agent's report: 200 released (or 409 if the state
+changed in between), or 202 when the agent has not answered in time. Whatever
+the outcome, including 400/401/403, the worker that received the request from
+the client audits the attempt once (`processor.ops.audit`).
 """
 
 from __future__ import annotations
@@ -28,28 +32,31 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import faust
 from aiohttp import web as aioweb
 from prometheus_client import CONTENT_TYPE_LATEST
-from yarl import URL
 
 from processor.codec import records
+from processor.codec.action_signing import KEYS_ENV, ActionKeys
 from processor.codec.wire import Codec
+from processor.limits import MAX_MAILBOX, MAX_REASON, MAX_TENANT_ID
+from processor.ops.access import Access, Caller, Presented
+from processor.ops.audit import ReleaseAttempt, ReleaseAudit
 from processor.ops.auth import (
     ADMIN_ENV,
     STATUS_COOKIE,
-    SUPPORT_ENV,
+    STATUS_COOKIE_TTL_MS,
     Denied,
-    Tokens,
-    bearer,
     check,
     check_status_cookie,
     status_cookie,
 )
+from processor.ops.peer_auth import Role
 from processor.ops.recent import RecentEvents
 from processor.ops.status import (
     ReleasePlan,
@@ -60,17 +67,15 @@ from processor.ops.status import (
     plan_release,
 )
 from processor.ops.status_page import PAGE_HEADERS, render_status_page
-from processor.policy import MailboxKey, Release
+from processor.policy import MailboxKey, Release, normalise_mailbox
 from processor.stream.events import decode_key, encode_key
+from processor.stream.routing import OnBehalfOf, PeerRouter
 from processor.stream.runtime import Runtime, wall_ms
-from processor.stream.topics import STATE_TABLE
 
 log = logging.getLogger(__name__)
 
-#: Set on a forwarded request; the receiver answers it itself, whatever it thinks.
-ROUTED_HEADER = "X-Sendguard-Routed"
-#: Longest actor / reason accepted (they end up in every audit record).
-MAX_ACTOR, MAX_REASON = 200, 2000
+#: Largest request body read (a release is a short JSON object).
+MAX_BODY = 16 * 1024
 #: How long a release waits for the agent's report before answering 202.
 RELEASE_WAIT_S = 15.0
 
@@ -80,11 +85,43 @@ Handler = Callable[[], Awaitable[Any]]
 @dataclass
 class WebContext:
     rt: Runtime
-    tokens: Tokens
+    access: Access
     codec: Codec
     recent: RecentEvents
+    #: Sign the support actions the API sends (none: releases are disabled).
+    action_keys: ActionKeys = field(default_factory=ActionKeys)
     #: Set by the table's first recovery (readiness).
     recovered: bool = False
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+@dataclass
+class _Attempt:
+    """A release request as far as it is known: who, from where, why."""
+
+    attempt_id: str
+    source: str | None
+    tenant_id: str
+    mailbox: str
+    actor: str | None = None
+    reason: str | None = None
+    #: Forwarded by another worker (which audits it).
+    via_peer: bool = False
+
+    def finished(self, at_ms: int, status: int) -> ReleaseAttempt:
+        return ReleaseAttempt(
+            attempt_id=self.attempt_id,
+            at_ms=at_ms,
+            source=self.source,
+            tenant_id=self.tenant_id,
+            mailbox=self.mailbox,
+            actor=self.actor,
+            reason=self.reason,
+            status=status,
+        )
 
 
 def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Any:
@@ -97,17 +134,45 @@ def _denied(denied: Denied) -> Any:
 
 
 def release_problem(payload: object) -> str | None:
-    """Why a release body is unusable, or None. Both fields are required: the audit
-    trail must say who released and why."""
+    """Why a release body is unusable, or None. A reason is required: the audit trail
+    must say why. An `actor` in the body is ignored: the person is the token's."""
     if not isinstance(payload, dict):
-        return 'the body must be a JSON object {"actor": ..., "reason": ...}'
-    for name, limit in (("actor", MAX_ACTOR), ("reason", MAX_REASON)):
-        value = payload.get(name)
-        if not isinstance(value, str) or not value.strip():
-            return f"{name} is required (a non-empty string)"
+        return 'the body must be a JSON object {"reason": ...}'
+    value = payload.get("reason")
+    if not isinstance(value, str) or not value.strip():
+        return "reason is required (a non-empty string)"
+    if len(value) > MAX_REASON:
+        return f"reason is longer than {MAX_REASON} characters"
+    return None
+
+
+def path_problem(tenant: str, mailbox: str) -> str | None:
+    """Why a tenant or mailbox of the path is unusable, or None."""
+    for name, value, limit in (
+        ("tenant", tenant, MAX_TENANT_ID),
+        ("mailbox", mailbox, MAX_MAILBOX),
+    ):
+        if not value.strip():
+            return f"{name} is empty"
         if len(value) > limit:
             return f"{name} is longer than {limit} characters"
     return None
+
+
+async def _read_body(request: Any) -> bytes:
+    """The request body, at most MAX_BODY bytes; BodyTooLarge beyond."""
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        raise BodyTooLarge
+    body = bytearray()
+    async for chunk in request.content.iter_any():
+        body += chunk
+        if len(body) > MAX_BODY:
+            raise BodyTooLarge
+    return bytes(body)
+
+
+def _too_large() -> Any:
+    return _json(413, {"error": f"the body is larger than {MAX_BODY} bytes"})
 
 
 class WorkerWeb:
@@ -117,54 +182,30 @@ class WorkerWeb:
         self.app = app
         self.ctx = ctx
         self.rt = ctx.rt
+        self.router = PeerRouter(app, ctx.access.peers)
+        self.audit = ReleaseAudit(self._write_attempt, ctx.rt.metrics)
 
     # -- authentication ----------------------------------------------------------------
 
-    def admin_denied(self, request: Any) -> Denied | None:
-        given = bearer(request.headers.get("Authorization"))
-        return check(given, self.ctx.tokens.admin, "admin", ADMIN_ENV)
-
-    def support_denied(self, request: Any) -> Denied | None:
-        given = bearer(request.headers.get("Authorization"))
-        return check(given, self.ctx.tokens.support, "support", SUPPORT_ENV)
+    def caller(self, request: Any, role: Role, body: bytes = b"") -> Caller | Denied:
+        presented = Presented(
+            request.method, request.raw_path, request.headers, body, request.remote
+        )
+        return self.ctx.access.authenticate(role, presented)
 
     # -- routing to the worker that owns a mailbox ----------------------------------
 
-    def is_self(self, url: Any) -> bool:
-        """Whether `url` (a URL or, from the assignor's metadata, a string) is this worker."""
-        url, own = URL(str(url)), URL(str(self.app.conf.canonical_url))
-        return (url.host, url.port) == (own.host, own.port)
-
-    def owner_url(self, key: bytes) -> Any | None:
-        """The owner's base URL, None when it is this worker. Raises KeyError when unknown."""
-        url = self.app.router.key_store(STATE_TABLE, key)
-        return None if self.is_self(url) else url
-
-    async def forward(self, url: Any, request: Any, body: bytes | None) -> Any:
-        headers = {ROUTED_HEADER: "1"}
-        for name in ("Authorization", "Content-Type"):
-            if name in request.headers:
-                headers[name] = request.headers[name]
-        target = url.with_path(request.path).with_query(request.query)
-        async with self.app.http_client.request(
-            request.method, target, headers=headers, data=body
-        ) as response:
-            text = await response.text()
-            return aioweb.Response(
-                text=text, status=response.status, content_type=response.content_type
-            )
-
     async def routed(
-        self, request: Any, key: bytes, local: Handler, body: bytes | None = None
+        self, request: Any, key: bytes, local: Handler, who: OnBehalfOf, body: bytes = b""
     ) -> Any:
         """`local()` on the mailbox's owner: here, or forwarded once to that worker."""
-        if request.headers.get(ROUTED_HEADER):
-            return await local()
         try:
-            url = self.owner_url(key)
+            url = self.router.owner_url(key)
         except KeyError:
             return _json(503, {"error": "partition owner unknown (worker starting or rebalancing)"})
-        return await local() if url is None else await self.forward(url, request, body)
+        if url is None:
+            return await local()
+        return await self.router.forward(url, request, body, who)
 
     # -- blocks of every worker ------------------------------------------------------
 
@@ -183,25 +224,13 @@ class WorkerWeb:
                 rows.append(block_row(key, state))
         return rows
 
-    async def all_blocks(self, request: Any, tenant: str | None) -> list[dict[str, Any]]:
-        """This worker's blocks, plus every other worker's (asked with the same token)."""
+    async def all_blocks(
+        self, tenant: str | None
+    ) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+        """(every worker's blocks, the workers that did not answer)."""
         rows = self.local_blocks(tenant)
-        if request.headers.get(ROUTED_HEADER):
-            return rows
-        others = {
-            url for url in self.app.router.table_metadata(STATE_TABLE) if not self.is_self(url)
-        }
-        for url in others:
-            target = URL(url).with_path("/api/blocks")
-            if tenant is not None:
-                target = target.with_query({"tenant": tenant})
-            headers = {ROUTED_HEADER: "1", "Authorization": f"Bearer {self.ctx.tokens.admin}"}
-            try:
-                async with self.app.http_client.get(target, headers=headers) as response:
-                    rows.extend((await response.json())["blocks"])
-            except Exception as error:  # one unreachable peer must not hide the others
-                log.warning("blocks of %s unavailable: %s", url, error)
-        return rows
+        others, unavailable = await self.router.blocks_of_others(tenant)
+        return rows + others, unavailable
 
     def recent_json(self, limit: int, **where: Any) -> list[dict[str, Any]]:
         return [event.as_json() for event in self.ctx.recent.latest(limit, **where)]
@@ -225,9 +254,16 @@ class WorkerWeb:
         return aioweb.Response(body=self.rt.metrics.render(), content_type=content_type)
 
     async def mailbox(self, request: Any, tenant: str, mailbox: str) -> Any:
-        denied = self.admin_denied(request)
-        if denied is not None:
-            return _denied(denied)
+        try:
+            body = await _read_body(request)
+        except BodyTooLarge:
+            return _too_large()
+        caller = self.caller(request, "admin", body)
+        if isinstance(caller, Denied):
+            return _denied(caller)
+        problem = path_problem(tenant, mailbox)
+        if problem is not None:
+            return _json(400, {"error": problem})
         key = MailboxKey.of(tenant, mailbox)
         key_bytes = encode_key(key)
 
@@ -239,41 +275,84 @@ class WorkerWeb:
                 wall_ms(),
                 self.recent_json(20, tenant_id=key.tenant_id, mailbox=key.mailbox),
             )
-            return _json(200, document)
+            return _json(200, {**document, "served_by": str(self.app.conf.canonical_url)})
 
-        return await self.routed(request, key_bytes, local)
+        if caller.via_peer:
+            return await local()
+        return await self.routed(request, key_bytes, local, OnBehalfOf("admin"))
+
+    async def blocks(self, request: Any) -> Any:
+        try:
+            body = await _read_body(request)
+        except BodyTooLarge:
+            return _too_large()
+        caller = self.caller(request, "admin", body)
+        if isinstance(caller, Denied):
+            return _denied(caller)
+        tenant = request.query.get("tenant") or None
+        if caller.via_peer:  # another worker gathers; answer for this one only
+            return _json(200, {"tenant_id": tenant, "blocks": self.local_blocks(tenant)})
+        rows, unavailable = await self.all_blocks(tenant)
+        rows.sort(key=lambda r: (r["tenant_id"], r["mailbox"]))
+        return _json(200, {"tenant_id": tenant, "blocks": rows, "unavailable_workers": unavailable})
+
+    # -- releases ---------------------------------------------------------------------
 
     async def release(self, request: Any, tenant: str, mailbox: str) -> Any:
-        denied = self.support_denied(request)
-        if denied is not None:
-            return _denied(denied)
-        body = await request.read()
+        """A client's release request: answered (here or by the owner), then audited.
+        A request forwarded by another worker is audited there, not here."""
+        attempt = _Attempt(
+            attempt_id=str(uuid.uuid4()),
+            source=request.remote,
+            tenant_id=tenant[:MAX_TENANT_ID],
+            mailbox=normalise_mailbox(mailbox)[:MAX_MAILBOX] or mailbox[:MAX_MAILBOX],
+        )
+        response = await self._release(request, tenant, mailbox, attempt)
+        if not attempt.via_peer:
+            await self.audit.record(attempt.finished(wall_ms(), response.status))
+        return response
+
+    async def _release(self, request: Any, tenant: str, mailbox: str, attempt: _Attempt) -> Any:
+        """The answer to a release request; fills in `attempt` as it learns who and why."""
+        try:
+            body = await _read_body(request)
+        except BodyTooLarge:
+            return _too_large()
+        caller = self.caller(request, "support", body)
+        if isinstance(caller, Denied):
+            return _denied(caller)
+        attempt.via_peer, attempt.actor = caller.via_peer, caller.actor
+        if caller.via_peer:  # the first worker's id, so its audit names this action
+            attempt.attempt_id = caller.attempt_id or attempt.attempt_id
+        problem = path_problem(tenant, mailbox)
         try:
             payload = json.loads(body or b"null")
         except ValueError:
             payload = None
-        problem = release_problem(payload)
+        problem = problem or release_problem(payload)
         if problem is not None:
             return _json(400, {"error": problem})
+        reason = attempt.reason = payload["reason"].strip()
+        if not self.ctx.action_keys:
+            return _json(403, {"error": f"releases are disabled: start the worker with {KEYS_ENV}"})
         key = MailboxKey.of(tenant, mailbox)
         key_bytes = encode_key(key)
-        wanted = Release(
-            key=key,
-            actor=payload["actor"].strip(),
-            reason=payload["reason"].strip(),
-            at_ms=wall_ms(),
-        )
+        actor = caller.actor or ""  # a support caller always names a person
 
         async def local() -> Any:
-            return await self.release_here(wanted, key_bytes)
+            wanted = Release(key, actor, reason, wall_ms(), attempt.attempt_id)
+            return await self.release_here(wanted, key_bytes, caller.source)
 
-        return await self.routed(request, key_bytes, local, body)
+        if caller.via_peer:
+            return await local()
+        who = OnBehalfOf("support", actor, caller.source, attempt.attempt_id)
+        return await self.routed(request, key_bytes, local, who, body)
 
-    async def release_here(self, wanted: Release, key_bytes: bytes) -> Any:
+    async def release_here(self, wanted: Release, key_bytes: bytes, source: str | None) -> Any:
         """On the owner: refuse at once what the policy refuses, else publish and wait."""
         plan = plan_release(self.rt.load(key_bytes), wanted, wall_ms())
         if isinstance(plan, ReleasePlan):
-            return await self.publish_release(wanted, plan)
+            return await self.publish_release(wanted, plan, source)
         # Audited like the agent's refusals: the same report, published the same way.
         await self.rt.publish([plan.report], wall_ms())
         key = wanted.key
@@ -283,15 +362,19 @@ class WorkerWeb:
                 "outcome": "refused",
                 "tenant_id": key.tenant_id,
                 "mailbox": key.mailbox,
+                "actor": wanted.actor,
                 "reason": plan.reason,
                 "report_id": plan.report.report_id,
+                "action_id": wanted.action_id,
+                "served_by": str(self.app.conf.canonical_url),
             },
         )
 
-    async def publish_release(self, wanted: Release, plan: ReleasePlan) -> Any:
-        """Send the SupportAction and answer with what the agent reports about it."""
+    async def publish_release(self, wanted: Release, plan: ReleasePlan, source: str | None) -> Any:
+        """Send the signed SupportAction and answer with what the agent reports about it."""
         ctx, key = self.ctx, wanted.key
         name, value = records.record_of(wanted)
+        value = ctx.action_keys.sign({**value, "source": source})
         key_name, key_record = records.key_of(wanted)
         waiting = asyncio.ensure_future(
             ctx.recent.wait_for_any(
@@ -317,6 +400,7 @@ class WorkerWeb:
             "actor": wanted.actor,
             "reason": wanted.reason,
             "action_id": value["action_id"],
+            "served_by": str(self.app.conf.canonical_url),
         }
         if event is None:
             return _json(
@@ -335,37 +419,60 @@ class WorkerWeb:
             {**base, "outcome": "released", "offense": plan.offense, "at": iso(event.at_ms)},
         )
 
-    async def blocks(self, request: Any) -> Any:
-        denied = self.admin_denied(request)
-        if denied is not None:
-            return _denied(denied)
-        tenant = request.query.get("tenant") or None
-        rows = await self.all_blocks(request, tenant)
-        rows.sort(key=lambda r: (r["tenant_id"], r["mailbox"]))
-        return _json(200, {"tenant_id": tenant, "blocks": rows})
+    async def _write_attempt(self, attempt: ReleaseAttempt) -> None:
+        """One `release_attempt` report on mail.reports, delivered."""
+        from processor import topics as contract
+
+        value = records.release_attempt_record(
+            attempt_id=attempt.attempt_id,
+            tenant_id=attempt.tenant_id,
+            mailbox=attempt.mailbox,
+            at_ms=attempt.at_ms,
+            actor=attempt.actor,
+            reason=attempt.reason,
+            source=attempt.source,
+            outcome=attempt.outcome,
+            status=attempt.status,
+        )
+        key = {"tenant_id": attempt.tenant_id, "mailbox": attempt.mailbox}
+        codec = self.ctx.codec
+        await (
+            await self.app.producer.send(
+                self.rt.names.external(contract.MAIL_REPORTS),
+                codec.encode("MailboxKey", key),
+                codec.encode("Report", value),
+                None,
+                None,
+                None,
+            )
+        )
+
+    # -- the status page --------------------------------------------------------------
 
     async def status_page(self, request: Any) -> Any:
-        token = self.ctx.tokens.admin
+        token = self.ctx.access.admin_token
         query_token = request.query.get("token")
         if query_token is not None:
             return self.status_cookie_redirect(query_token)
-        if not check_status_cookie(request.cookies.get(STATUS_COOKIE), token):
-            denied = self.admin_denied(request)
-            if denied is not None:
-                return _denied(denied)
+        if not check_status_cookie(request.cookies.get(STATUS_COOKIE), token, wall_ms()):
+            caller = self.caller(request, "admin")
+            if isinstance(caller, Denied):
+                return _denied(caller)
+        rows, unavailable = await self.all_blocks(None)
         page = render_status_page(
-            await self.all_blocks(request, None),
+            rows,
             self.recent_json(50),
             generated_at=iso(wall_ms()) or "",
             worker=str(self.app.conf.canonical_url),
+            unavailable=unavailable,
         )
         return aioweb.Response(text=page, content_type="text/html", headers=PAGE_HEADERS)
 
     def status_cookie_redirect(self, query_token: str) -> Any:
         """`/status?token=...`: check it once, set the cookie, and send the browser to
         `/status`, so the token leaves the address bar at once (the cookie carries an
-        HMAC of it, never the token)."""
-        token = self.ctx.tokens.admin
+        HMAC of it and its expiry, never the token)."""
+        token = self.ctx.access.admin_token
         denied = check(query_token, token, "admin", ADMIN_ENV)
         if denied is not None:
             return _denied(denied)
@@ -373,8 +480,9 @@ class WorkerWeb:
         response = aioweb.Response(status=303, headers={**PAGE_HEADERS, "Location": "/status"})
         response.set_cookie(
             STATUS_COOKIE,
-            status_cookie(token),
+            status_cookie(token, wall_ms()),
             path="/status",
+            max_age=STATUS_COOKIE_TTL_MS // 1000,
             httponly=True,
             samesite="Strict",
         )

@@ -18,6 +18,8 @@ from typing import Any, TextIO
 
 import click
 
+from processor.codec.action_signing import KEYS_ENV, ActionKeys
+from processor.policy import Release
 from processor.scenario import Event, ScenarioError, event_time, parse_line, parse_timestamp
 from processor.stream.connection import (
     connection_from_options,
@@ -25,8 +27,9 @@ from processor.stream.connection import (
     schema_registry_option,
     topic_prefix_option,
 )
+from processor.stream.secret_options import action_keys_from, action_keys_options
 
-# The field holding each line type's time (scenario format, POLICY.md "simulate").
+# The field holding each line type's time (scenario format, docs/policy.md "sendguard simulate").
 _TIME_FIELD = {"verdict": "scanned_at"}
 
 
@@ -87,11 +90,20 @@ def scenario_events(lines: Iterable[str]) -> Iterator[tuple[int, Event | None, s
 class ScenarioProducer:
     """Encodes scenario events and produces them to their topics."""
 
-    def __init__(self, client_config: dict[str, Any], codec: Any, prefix: str = "") -> None:
+    def __init__(
+        self,
+        client_config: dict[str, Any],
+        codec: Any,
+        prefix: str = "",
+        action_keys: ActionKeys | None = None,
+    ) -> None:
+        """`action_keys` sign the releases (without keys they are sent unsigned, and
+        the worker dead-letters them)."""
         from confluent_kafka import Producer
 
         self._codec = codec
         self._prefix = prefix
+        self._keys = action_keys
         self._failed: list[str] = []
         self.sent = 0
         self.producer = Producer(
@@ -113,6 +125,8 @@ class ScenarioProducer:
             return False
         key_name, key = records.key_of(event)
         value_name, value = records.record_of(event)
+        if self._keys and value_name == "SupportAction":
+            value = self._keys.sign(value)
         topic = self._prefix + records.topic_of(event)
         self.producer.produce(
             topic,
@@ -142,6 +156,7 @@ class ScenarioProducer:
 @connection_options
 @schema_registry_option
 @topic_prefix_option
+@action_keys_options
 @click.option(
     "--rebase-to",
     help="Shift all timestamps so the first line happens at this time: NOW or ISO-8601.",
@@ -157,17 +172,20 @@ def produce(scenario: TextIO, rebase_to: str | None, pace: str, **options: Any) 
     """Publish SCENARIO (simulate's JSON-lines format, `-` for stdin) to Kafka as Avro.
 
     Unusable lines are reported on stderr with their line number and skipped; the
-    exit status is 1 when any line was rejected or not delivered.
+    exit status is 1 when any line was rejected or not delivered. Releases are signed
+    with the first action key; without keys they are sent unsigned (and dead-lettered).
     """
     from processor.codec.wire import Codec, CodecConfig
 
     connection = connection_from_options(options)
+    keys = action_keys_from(options)
     lines = scenario.read().splitlines()
     if rebase_to is not None:
         lines = rebase_lines(lines, parse_target(rebase_to))
     codec = Codec.from_config(CodecConfig(schema_registry_url=options["schema_registry"] or None))
-    sender = ScenarioProducer(connection.confluent(), codec, options["topic_prefix"])
+    sender = ScenarioProducer(connection.confluent(), codec, options["topic_prefix"], keys)
     rejected = 0
+    warned = bool(keys)
     start_wall, first_ms = time.monotonic(), None
     for number, event, reason in scenario_events(lines):
         if event is None:
@@ -183,6 +201,13 @@ def produce(scenario: TextIO, rebase_to: str | None, pace: str, **options: Any) 
                 remaining = (at - first_ms) / 1000 - (time.monotonic() - start_wall)
                 if remaining > 0:
                     time.sleep(remaining)
+        if not warned and isinstance(event, Release):
+            warned = True
+            click.echo(
+                f"warning: no action keys ({KEYS_ENV}): releases are sent unsigned, "
+                "and the worker dead-letters them",
+                err=True,
+            )
         sender.send(event)
     failed = sender.flush()
     for failure in failed[:10]:

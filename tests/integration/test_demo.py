@@ -17,7 +17,7 @@ def test_demo_shows_blocks_escalation_release_and_no_scans_without_sync_security
     out = io.StringIO()
     pages: list[int] = []
 
-    def while_running(url: str, admin_token: str, support_token: str) -> None:
+    def while_running(url: str, admin_token: str, support_tokens: dict[str, str]) -> None:
         request = urllib.request.Request(f"{url}/api/blocks")
         request.add_header("Authorization", f"Bearer {admin_token}")
         with urllib.request.urlopen(request, timeout=10) as answer:

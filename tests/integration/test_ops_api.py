@@ -15,6 +15,7 @@ import json
 import os
 import secrets
 import shutil
+import socket
 import subprocess
 import time
 import urllib.error
@@ -29,8 +30,16 @@ from confluent_kafka import Producer
 from prometheus_client.parser import text_string_to_metric_families
 from worker_support import SENDGUARD, Deployment, WorkerProcess, burst, wait_for
 
-ADMIN = "admin-" + secrets.token_hex(8)
-SUPPORT = "support-" + secrets.token_hex(8)
+from processor.codec.action_signing import ActionKeys
+from processor.codec.records import key_of, record_of
+from processor.codec.wire import Codec
+from processor.ops.peer_auth import PEER_HEADER, PeerAuth
+from processor.ops.support_tokens import token_line
+from processor.policy import MailboxKey, Release
+
+ADMIN = secrets.token_urlsafe(32)
+#: Personal support tokens (the worker's token file holds their hashes).
+SAM, MARIA = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
 POLICY_YAML = "window: 20s\nfirst_block: 10s\npermanent_on_offense: 2\n"
 
 
@@ -38,16 +47,22 @@ POLICY_YAML = "window: 20s\nfirst_block: 10s\npermanent_on_offense: 2\n"
 class Live:
     deployment: Deployment
     worker: WorkerProcess
+    #: The worker's support token file (read again when it changes).
+    token_file: Path | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.worker.port}"
+        return self.worker.url
 
     def call(
-        self, path: str, token: str | None = None, body: dict[str, Any] | None = None
+        self,
+        path: str,
+        token: str | None = None,
+        body: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
     ) -> tuple[int, dict[str, Any], Any]:
         data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(self.url + path, data=data)
+        request = urllib.request.Request(self.url + path, data=data, headers=headers or {})
         if token is not None:
             request.add_header("Authorization", f"Bearer {token}")
         if data is not None:
@@ -101,12 +116,17 @@ def _start(deployment: Deployment) -> WorkerProcess:
 
 @pytest.fixture(scope="module")
 def live(bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
+    tmp = tmp_path_factory.mktemp("api")
+    token_file = tmp / "support-tokens"
+    token_file.write_text(
+        f"{token_line(SAM, 'helpdesk:sam')}\n{token_line(MARIA, 'helpdesk:maria')}\n"
+    )
     with pytest.MonkeyPatch.context() as env:
         env.setenv("SENDGUARD_ADMIN_TOKEN", ADMIN)  # inherited by the worker process
-        env.setenv("SENDGUARD_SUPPORT_TOKEN", SUPPORT)
-        deployment = Deployment.create(bootstrap, tmp_path_factory.mktemp("api"))
+        env.setenv("SENDGUARD_SUPPORT_TOKENS_FILE", str(token_file))
+        deployment = Deployment.create(bootstrap, tmp)
         worker = _start(deployment)
-    live = Live(deployment, worker)
+    live = Live(deployment, worker, token_file)
     try:
         wait_for(lambda: live.call("/ready")[0] == 200, 60, "/ready", every_s=0.3)
         live.play(
@@ -118,6 +138,27 @@ def live(bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[L
         yield live
     finally:
         worker.stop()
+
+
+def forge_support_actions(live: Live, tenant: str, mailbox: str) -> None:
+    """Release the mailbox by writing to mailbox.support-actions directly, around the
+    API: once unsigned, once signed with a secret the workers do not have."""
+    release = Release(
+        MailboxKey.of(tenant, mailbox), "mallory", "around the API", int(time.time() * 1000)
+    )
+    name, value = record_of(release)
+    key_name, key = key_of(release)
+    key_id = live.deployment.action_keys.partition(":")[0]
+    stranger = ActionKeys.parse(f"{key_id}:{secrets.token_urlsafe(32)}")  # right id, wrong secret
+    codec = Codec.from_config()
+    producer = Producer(live.deployment.client)
+    for record in (value, stranger.sign({**value, "action_id": "forged-2"})):
+        producer.produce(
+            live.deployment.names.support_actions,
+            codec.encode(name, record),
+            codec.encode(key_name, key),
+        )
+    assert producer.flush(10) == 0
 
 
 def _blocked(live: Live, tenant: str, mailbox: str, permanent: bool = False) -> bool:
@@ -149,12 +190,14 @@ def test_status_release_and_metrics(live: Live) -> None:
     assert [e["message_id"] for e in block_event["detail"]["evidence"]] == [
         f"b1-{i}" for i in range(5)
     ]
+    # The body's actor is not who released: the token's person is.
     code, refusal, _ = live.call(
-        "/api/mailboxes/t1/b@y.com/release", SUPPORT, {"actor": "sam", "reason": "early"}
+        "/api/mailboxes/t1/b@y.com/release", SAM, {"actor": "someone else", "reason": "early"}
     )
     assert code == 409, refusal
     assert "timed block" in refusal["reason"] and "cannot be shortened" in refusal["reason"]
-    code, problem, _ = live.call("/api/mailboxes/t1/b@y.com/release", SUPPORT, {"actor": "sam"})
+    assert refusal["actor"] == "helpdesk:sam"
+    code, problem, _ = live.call("/api/mailboxes/t1/b@y.com/release", SAM, {"actor": "sam"})
     assert (code, problem["error"]) == (400, "reason is required (a non-empty string)")
 
     # -- escalate to permanent (after the 10 s block ended), and a timed block of a@x --
@@ -178,6 +221,19 @@ def test_status_release_and_metrics(live: Live) -> None:
 
     wait_for(lambda: gauges() == (1, 1), 10, "block gauges 1 timed, 1 permanent", every_s=0.5)
 
+    # -- writing to mailbox.support-actions is not enough: unsigned and forged are dead ---
+    forge_support_actions(live, "t1", "b@y.com")
+    wait_for(
+        lambda: (
+            live.metrics()["sendguard_dead_letters_total", (("reason", "unauthenticated_action"),)]
+            == 2
+        ),
+        15,
+        "two unauthenticated support actions dead-lettered",
+        every_s=0.5,
+    )
+    assert _blocked(live, "t1", "b@y.com", permanent=True)
+
     # -- the CLI on top of the API: status, then the release --------------------------
     env = {**os.environ, "SENDGUARD_URL": live.url, "SENDGUARD_ADMIN_TOKEN": ADMIN}
     shown = subprocess.run(
@@ -185,18 +241,9 @@ def test_status_release_and_metrics(live: Live) -> None:
     )
     assert shown.returncode == 0, shown.stderr
     assert "PERMANENT (offense 2" in shown.stdout
-    env["SENDGUARD_SUPPORT_TOKEN"] = SUPPORT
+    env["SENDGUARD_SUPPORT_TOKEN"] = MARIA
     released = subprocess.run(
-        [
-            SENDGUARD,
-            "release",
-            "t1",
-            "b@y.com",
-            "--actor",
-            "helpdesk:maria",
-            "--reason",
-            "reimaged",
-        ],
+        [SENDGUARD, "release", "t1", "b@y.com", "--reason", "reimaged"],
         env=env,
         capture_output=True,
         text=True,
@@ -212,9 +259,33 @@ def test_status_release_and_metrics(live: Live) -> None:
     audit = [
         (r["event"], r["actor"], r["reason"] if r["event"] == "released" else None)
         for r in reports
-        if r["mailbox"] == "b@y.com" and r["actor"] is not None
+        if r["mailbox"] == "b@y.com" and r["actor"] is not None and r["event"] != "release_attempt"
     ]
-    assert audit == [("release_refused", "sam", None), ("released", "helpdesk:maria", "reimaged")]
+    assert audit == [
+        ("release_refused", "helpdesk:sam", None),
+        ("released", "helpdesk:maria", "reimaged"),
+    ]
+    # ... and each request, whatever its outcome, once: who, from where, what came of it.
+    attempts = [r for r in reports if r["event"] == "release_attempt"]
+    assert [(r["outcome"], r["status"], r["actor"], r["source"]) for r in attempts] == [
+        ("refused", 409, "helpdesk:sam", "127.0.0.1"),
+        ("invalid_request", 400, "helpdesk:sam", "127.0.0.1"),
+        ("released", 200, "helpdesk:maria", "127.0.0.1"),
+    ]
+    assert attempts[0]["action_id"] == refusal["action_id"]
+    assert attempts[2]["reason"] == "reimaged"
+    # The SupportAction the API sent: signed, with the person and the client's address.
+    (sent,) = [
+        r
+        for r in live.deployment.read(names.support_actions, idle_s=1.0)
+        if r["actor"] != "mallory"
+    ]
+    assert (sent["actor"], sent["source"], sent["action_id"]) == (
+        "helpdesk:maria",
+        "127.0.0.1",
+        attempts[2]["action_id"],
+    )
+    assert len(sent["signature"]) == 32
 
     # -- metrics after the scenario: 3 bursts of 5 qualifying, 5 clean, 1 inbound ------
     def settled() -> bool:
@@ -222,7 +293,7 @@ def test_status_release_and_metrics(live: Live) -> None:
         return (
             m["sendguard_verdicts_total", (("direction", "OUTBOUND"), ("verdict", "CLEAN"))] == 15
             and m["sendguard_permanent_blocks", ()] == 0
-            and sum(v for (n, _), v in m.items() if n == "sendguard_dead_letters_total") == 1
+            and sum(v for (n, _), v in m.items() if n == "sendguard_dead_letters_total") == 3
         )
 
     wait_for(settled, 15, "metrics of the scenario", every_s=0.5)
@@ -242,6 +313,12 @@ def test_status_release_and_metrics(live: Live) -> None:
     assert m["sendguard_scan_requests_total", ()] == 4  # b@y: d3 twice; a@x: d1, d2
     assert m["sendguard_alerts_total", (("kind", "blocked"),)] == 3
     assert m["sendguard_dead_letters_total", (("reason", "not_avro"),)] == 1
+    assert m["sendguard_dead_letters_total", (("reason", "unauthenticated_action"),)] == 2
+
+    def attempts(outcome: str) -> float:
+        return m["sendguard_release_attempts_total", (("outcome", outcome),)]
+
+    assert (attempts("refused"), attempts("invalid_request"), attempts("released")) == (1, 1, 1)
     assert m["sendguard_decision_latency_seconds_count", ()] == 3
     assert (m["sendguard_active_timed_blocks", ()], m["sendguard_permanent_blocks", ()]) == (1, 0)
     lag_topics = {
@@ -257,9 +334,9 @@ def test_tokens(live: Live, tmp_path: Path) -> None:
     assert code == 401 and "admin token required" in document["error"]
     assert headers["WWW-Authenticate"].startswith("Bearer")
     assert live.call("/api/blocks", "wrong")[0] == 401
-    assert live.call("/api/blocks", SUPPORT)[0] == 401  # a support token reads nothing
+    assert live.call("/api/blocks", MARIA)[0] == 401  # a support token reads nothing
     assert live.call("/api/mailboxes/t1/b@y.com", None)[0] == 401
-    body = {"actor": "x", "reason": "y"}
+    body = {"reason": "y"}
     assert live.call("/api/mailboxes/t1/b@y.com/release", ADMIN, body)[0] == 401
     assert live.call("/api/mailboxes/t1/b@y.com/release", None, body)[0] == 401
     code, document, _ = live.call("/status")
@@ -268,21 +345,110 @@ def test_tokens(live: Live, tmp_path: Path) -> None:
     for faust_page in ("/router/", "/table/mailbox-state/", "/stats/"):
         assert live.call(faust_page, ADMIN)[0] == 404  # Faust's data pages are off
 
+    # Bytes that are not UTF-8 in the header or the cookie: 401, never a 500.
+    for header in (b"Authorization: Bearer ab\xff\xfecd", b"Cookie: sendguard_status=\xe9\xff"):
+        assert raw_status(live, b"GET /status HTTP/1.1", header) == 401
+        assert raw_status(live, b"GET /api/blocks HTTP/1.1", header) == 401
+
+    # The status cookie expires: its Max-Age, and the expiry signed into its value.
+    cookie = _status_cookie(live)
+    expires, _, mac = cookie["value"].partition(".")
+    assert cookie["max-age"] == str(8 * 3600) and len(mac) == 64
+    assert 0 < int(expires) - time.time() * 1000 <= 8 * 3600 * 1000
+    assert live.call("/status", headers={"Cookie": f"sendguard_status={cookie['value']}"})[0] == 200
+    stale = f"{int(time.time() * 1000) - 1}.{mac}"
+    assert live.call("/status", headers={"Cookie": f"sendguard_status={stale}"})[0] == 401
+
+    # A client cannot pass as another worker: a marker it made up is refused.
+    forged = PeerAuth(secrets.token_urlsafe(32)).marker("GET", "/api/blocks", b"", role="admin")
+    for marker in ("1", forged):
+        code, document, _ = live.call("/api/blocks", headers={PEER_HEADER: marker})
+        assert code == 401, document
+        code, _, _ = live.call("/api/blocks", ADMIN, headers={PEER_HEADER: marker})
+        assert code == 401  # a good token does not make a bad marker good
+
+    # Unauthenticated release attempts are audited too (actor unknown).
+    reports = live.deployment.read(live.deployment.names.external("mail.reports"), idle_s=1.0)
+    denied = [
+        (r["outcome"], r["status"], r["actor"])
+        for r in reports
+        if r["event"] == "release_attempt" and r["status"] == 401
+    ]
+    assert denied == [("unauthenticated", 401, None), ("unauthenticated", 401, None)]
+
+    # A person added to the token file can release without a restart; one removed cannot.
+    assert live.token_file is not None
+    token_file = live.token_file
+    newcomer = secrets.token_urlsafe(32)
+    before = token_file.read_text()
+    token_file.write_text(token_line(newcomer, "helpdesk:new") + "\n")
+    try:
+
+        def newcomer_known() -> bool:
+            code, answer, _ = live.call("/api/mailboxes/t9/nobody@x.com/release", newcomer, body)
+            return code == 409 and answer["actor"] == "helpdesk:new"
+
+        wait_for(newcomer_known, 10, "the new token file read", every_s=0.5)
+        assert live.call("/api/mailboxes/t9/nobody@x.com/release", SAM, body)[0] == 401
+    finally:
+        token_file.write_text(before)
+
     # A worker with no tokens configured: those endpoints are disabled, not open.
     with pytest.MonkeyPatch.context() as env:
         env.delenv("SENDGUARD_ADMIN_TOKEN", raising=False)
-        env.delenv("SENDGUARD_SUPPORT_TOKEN", raising=False)
+        env.delenv("SENDGUARD_SUPPORT_TOKENS_FILE", raising=False)
         closed = _start(Deployment.create(live.deployment.bootstrap, tmp_path))
     try:
         other = Live(closed.deployment, closed)
         code, document, _ = other.call("/api/blocks", "anything")
         assert code == 403 and "SENDGUARD_ADMIN_TOKEN" in document["error"]
         code, document, _ = other.call("/api/mailboxes/t/m@x/release", "x", body)
-        assert code == 403 and "SENDGUARD_SUPPORT_TOKEN" in document["error"]
+        assert code == 403 and "SENDGUARD_SUPPORT_TOKENS_FILE" in document["error"]
         assert other.call("/status?token=")[0] == 403
         assert other.call("/health")[0] == 200
     finally:
         closed.stop()
+
+
+def test_a_weak_token_stops_the_start_up(live: Live, tmp_path: Path) -> None:
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("SENDGUARD_ADMIN_TOKEN", "admin-2026")
+        deployment = Deployment.create(live.deployment.bootstrap, tmp_path)
+        worker = deployment.worker(store="memory").start()
+    assert worker.process is not None
+    assert worker.process.wait(60) == 2  # click's usage error
+    log = worker.log.read_text()
+    assert "SENDGUARD_ADMIN_TOKEN is 10 characters" in log and "at least 22" in log
+
+
+def raw_status(live: Live, request_line: bytes, header: bytes) -> int:
+    """The status of a request sent byte for byte (urllib would refuse these bytes)."""
+    with socket.create_connection((live.worker.host, live.worker.port), timeout=10) as s:
+        s.sendall(request_line + b"\r\nHost: x\r\n" + header + b"\r\nConnection: close\r\n\r\n")
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+    return int(answer.split(b" ", 2)[1])
+
+
+def _status_cookie(live: Live) -> dict[str, str]:
+    """The Set-Cookie of `/status?token=` (not followed), as attribute -> value."""
+    with socket.create_connection((live.worker.host, live.worker.port), timeout=10) as s:
+        s.sendall(
+            f"GET /status?token={ADMIN} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
+        )
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+    head = answer.split(b"\r\n\r\n", 1)[0].decode()
+    assert head.startswith("HTTP/1.1 303")
+    (line,) = [h for h in head.split("\r\n") if h.lower().startswith("set-cookie:")]
+    name_value, *attributes = [part.strip() for part in line.split(":", 1)[1].split(";")]
+    cookie = {"value": name_value.split("=", 1)[1]}
+    for attribute in attributes:
+        key, _, value = attribute.partition("=")
+        cookie[key.lower()] = value
+    return cookie
 
 
 def test_status_page_in_headless_browser(live: Live, tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -54,6 +55,9 @@ class Deployment:
     bootstrap: str
     tmp: Path
     names: TopicNames
+    #: SENDGUARD_ACTION_KEYS of this deployment's workers and of `produce` (which
+    #: signs the scenario's releases with it).
+    action_keys: str = dataclasses.field(default_factory=lambda: f"it1:{secrets.token_urlsafe(32)}")
 
     @classmethod
     def create(cls, bootstrap: str, tmp: Path) -> Deployment:
@@ -65,11 +69,27 @@ class Deployment:
         return cls(bootstrap, tmp, names)
 
     @property
+    def env(self) -> dict[str, str]:
+        """The environment of this deployment's processes (the test's, plus its keys)."""
+        return {**os.environ, "SENDGUARD_ACTION_KEYS": self.action_keys}
+
+    @property
     def client(self) -> dict[str, Any]:
         return {"bootstrap.servers": self.bootstrap}
 
-    def worker(self, name: str = "w1", store: str = "rocksdb") -> WorkerProcess:
-        return WorkerProcess(self, name, store)
+    def worker(
+        self,
+        name: str = "w1",
+        store: str = "rocksdb",
+        *,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        args: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
+    ) -> WorkerProcess:
+        """A worker binding `host`:`port` (a free port by default); `args` and `env` are
+        added to its command line and environment."""
+        return WorkerProcess(self, name, store, host=host, port=port, args=args, env=env)
 
     def produce(self, lines: list[str], *, pace: str = "realtime") -> subprocess.Popen[bytes]:
         path = self.tmp / f"scenario-{uuid.uuid4().hex[:6]}.jsonl"
@@ -88,6 +108,7 @@ class Deployment:
             ],
             stdout=subprocess.DEVNULL,
             stderr=open(self.tmp / "produce.log", "ab"),
+            env=self.env,
         )
 
     def read(self, topic: str, idle_s: float = 2.0) -> list[dict[str, Any]]:
@@ -130,11 +151,24 @@ _RECONNECT_NOISE = (
 class WorkerProcess:
     """`sendguard worker` in a subprocess (its edge stage is its child)."""
 
-    def __init__(self, deployment: Deployment, name: str, store: str) -> None:
+    def __init__(
+        self,
+        deployment: Deployment,
+        name: str,
+        store: str,
+        *,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        args: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.deployment = deployment
         self.name = name
         self.store = store
-        self.port = free_port()
+        self.host = host
+        self.port = port if port is not None else free_port()
+        self.args = args
+        self.env = env or {}
         self.log = deployment.tmp / f"{name}.log"
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
@@ -159,20 +193,28 @@ class WorkerProcess:
                 self.store,
                 "--data-dir",
                 str(d.tmp / f"data-{self.name}"),
+                "--web-host",
+                self.host,
                 "--web-port",
                 str(self.port),
                 "--partitions",
                 "4",
                 "--instance-id",
                 self.name,
+                *self.args,
             ],
             stdout=open(self.log, "ab"),  # noqa: SIM115
             stderr=subprocess.STDOUT,
             start_new_session=True,
             # Line by line: a SIGKILLed worker's last words are the ones that matter.
-            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+            env={**d.env, **self.env, "PYTHONUNBUFFERED": "1", **(env or {})},
         )
         return self
+
+    @property
+    def url(self) -> str:
+        """Where this worker's web server answers."""
+        return f"http://{self.host}:{self.port}"
 
     def wait_ready(self, timeout_s: float = 60) -> None:
         """Until the worker's web server answers /metrics (its app has started)."""
@@ -184,7 +226,7 @@ class WorkerProcess:
             if self.process.poll() is not None:
                 raise AssertionError(f"worker exited: {self.log.read_text()[-3000:]}")
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=1):
+                with urllib.request.urlopen(f"{self.url}/metrics", timeout=1):
                     return
             except OSError:
                 time.sleep(0.3)
@@ -193,7 +235,7 @@ class WorkerProcess:
     def metrics(self) -> str:
         import urllib.request
 
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as r:
+        with urllib.request.urlopen(f"{self.url}/metrics", timeout=5) as r:
             return str(r.read().decode())
 
     def kill(self) -> None:
@@ -222,6 +264,32 @@ class WorkerProcess:
     def stop(self) -> None:
         if self.process is not None:
             stop_process_group(self.process)
+
+
+# -- cost of a process tree ----------------------------------------------------------
+
+
+def process_tree_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) used so far by `pid` and all its descendants, the
+    ones that already exited included (/proc: a process's own time plus the time of
+    its children it has waited for). The difference of two readings is what the tree
+    used in between, even if a child died and was replaced meanwhile."""
+    stats = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                text = (entry / "stat").read_text()
+            except OSError:
+                continue  # exited while we looked
+            # The command name (field 2) may hold spaces and parentheses: split after it.
+            fields = text.rsplit(")", 1)[1].split()
+            stats[int(entry.name)] = (int(fields[1]), sum(int(f) for f in fields[11:15]))
+    tree, grew = {pid}, True
+    while grew:
+        children = {p for p, (ppid, _) in stats.items() if ppid in tree} - tree
+        tree |= children
+        grew = bool(children)
+    return sum(stats[p][1] for p in tree if p in stats) / os.sysconf("SC_CLK_TCK")
 
 
 # -- expectations --------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""A deliberately naive, literal model of /work/shared/POLICY.md (test oracle only).
+"""A deliberately naive, literal model of docs/policy.md (test oracle only).
 
 Written from the specification alone, without reading the policy core's bodies.
 It is slow on purpose: every counted verdict of a mailbox is kept in a plain list,
@@ -9,14 +9,18 @@ Decisions are plain tuples, so a test can compare them with the engine's
 decisions converted by `canonical` (ids are left out: the model does not know how
 ids are derived).
 
-Choices where POLICY.md is silent or ambiguous (each one is reported):
+Choices where docs/policy.md's rules are silent or ambiguous (each one is reported):
 - H (the high-water mark) is raised by every qualifying verdict that is not late,
   including those ignored while blocked, before a reset, or as duplicates
   ("the largest scanned_at of any qualifying verdict *seen*").
-- Duplicates (rule 2) with a *new* scanned_at make rule 6's pruning observable:
-  a message id counted at or after `H - 2*window` (H including the new verdict)
-  is a duplicate; one counted only before that may or may not still be in the
-  "current window state", so the model accepts the engine's answer there.
+- Duplicates (rule 2) with a *new* scanned_at make rule 6's pruning observable.
+  The "current window state" is read as: the counted verdicts that can still
+  matter, i.e. scanned at or after `H - 2*window` (rule 6, H including the new
+  verdict) and with `scanned_at + window > now - max_lateness` (every verdict still
+  to come is scanned at or after `now - max_lateness`, rule 1, so an older one can
+  never share a window with it). A message id counted only outside that is counted
+  again. This reading is what makes rule 6's "forgetting never changes a decision"
+  true; the model itself never forgets a mailbox.
 - The evidence of a trigger is the set of counted verdicts in a qualifying
   interval `(x - window, x]` that contains the new verdict; when several
   intervals qualify with different sets, any of them is accepted
@@ -91,6 +95,7 @@ class NaivePolicy:
         permanent_on_offense: int,
         default_synchronized_security: bool,
         allowlist: list[str],
+        max_lateness_ms: int,
     ) -> None:
         self.threshold = threshold
         self.window = window_ms
@@ -99,11 +104,11 @@ class NaivePolicy:
         self.permanent_on = permanent_on_offense
         self.default_ss = default_synchronized_security
         self.allowlist = {normalise(a) for a in allowlist}
+        self.max_lateness = max_lateness_ms
         self.now: int | None = None
         self.mailboxes: dict[Key, NaiveMailbox] = {}
         self.directory_entries: dict[Key, tuple[int, str, tuple[str, ...]]] = {}
         self.tenant_settings: dict[str, tuple[int, bool]] = {}
-        self.deviations: list[tuple] = []
 
     # -- clock -----------------------------------------------------------------
     def _advance(self, t: int) -> list[tuple]:
@@ -168,15 +173,16 @@ class NaivePolicy:
         direction: str,
         kind: str,
         t: int,
-        engine_outcome: str | None = None,
     ) -> tuple[str, list[tuple]]:
-        """`engine_outcome` (optional) is consulted only where the spec allows two answers."""
         out = self._advance(t)
         if direction.upper() != "OUTBOUND" or kind.upper() not in QUALIFYING:
             return "not_qualifying", out
         key = (tenant, normalise(mailbox))
         m = self.mailboxes.setdefault(key, NaiveMailbox())
         w = self.window
+        assert self.now is not None
+        if t < self.now - self.max_lateness:
+            return "late", out
         if m.high_water is not None and t <= m.high_water - w:
             return "late", out
         m.high_water = t if m.high_water is None else max(m.high_water, t)
@@ -184,20 +190,14 @@ class NaivePolicy:
             return "while_blocked", out
         if m.counts_from is not None and t < m.counts_from:
             return "before_reset", out
-        # Rule 6 drops entries "older than H - 2*window" but does not say when. For
-        # duplicates that carry a new scanned_at this is observable, so: an entry not
-        # older than H - 2*window (the H including this verdict) must still be there;
-        # an older one may or may not have been dropped yet (AMBIGUITY: the model
-        # follows the engine when it says, and records that it did).
-        horizon = m.high_water - 2 * w
-        matches = [a for (a, mid) in m.counted if mid == message_id and a >= horizon]
-        if matches:
+        # The current window state: what can still matter (see the module docstring).
+        m.counted = [
+            (a, mid)
+            for (a, mid) in m.counted
+            if a >= m.high_water - 2 * w and a + w > self.now - self.max_lateness
+        ]
+        if any(mid == message_id for (_, mid) in m.counted):
             return "duplicate", out
-        stale = any(mid == message_id for (a, mid) in m.counted if a < horizon)
-        if stale and engine_outcome in (None, "duplicate"):
-            self.deviations.append(("stale-duplicate", key, message_id, t))
-            return "duplicate", out
-        m.counted = [(a, mid) for (a, mid) in m.counted if not a < horizon]
         m.counted.append((t, message_id))
         sets: list[frozenset[tuple[str, int]]] = []
         for x in sorted({a for (a, _) in m.counted}):

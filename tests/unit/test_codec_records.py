@@ -17,6 +17,7 @@ from processor.codec.records import (
     key_of,
     mailbox_key_from_record,
     record_of,
+    release_attempt_record,
     release_from_record,
     tenant_settings_from_record,
     topic_of,
@@ -178,7 +179,7 @@ def test_a_support_action_becomes_a_release() -> None:
         "reason": "owner verified",
         "at": T0,
     }
-    assert release_from_record(record) == Release(KEY, "sup-1", "owner verified", T0)
+    assert release_from_record(record) == Release(KEY, "sup-1", "owner verified", T0, "a1")
     for field in ("action_id", "actor", "reason"):
         with pytest.raises(DecodeError, match=rf"SupportAction\.{field}:"):
             release_from_record({**record, field: ""})
@@ -197,7 +198,7 @@ EVENTS: list[Verdict | DirectoryEntry | TenantSettings | Release] = [
     Verdict(KEY, "m1", Direction.OUTBOUND, VerdictKind.VIRUS, T0),
     DirectoryEntry(KEY, "u1", ("d1", "d2"), T0),
     TenantSettings("t1", True, T0),
-    Release(KEY, "sup-1", "owner verified", T0),
+    Release(KEY, "sup-1", "owner verified", T0, "action-1"),
 ]
 TOPICS = {spec.name: spec for spec in load_topics()}
 
@@ -265,10 +266,50 @@ def test_input_events_survive_the_wire(event: Any) -> None:
 
 
 def test_a_release_built_twice_has_one_action_id() -> None:
-    release = EVENTS[3]
+    release = Release(KEY, "sup-1", "owner verified", T0)  # no id of its own (scenario)
     assert record_of(release)[1]["action_id"] == record_of(release)[1]["action_id"]
     later = Release(KEY, "sup-1", "owner verified", T0 + 1)
     assert record_of(later)[1]["action_id"] != record_of(release)[1]["action_id"]
+    assert record_of(EVENTS[3])[1]["action_id"] == "action-1"  # the API's id is kept
+
+
+def test_a_release_attempt_is_a_report_with_its_own_fields() -> None:
+    record = release_attempt_record(
+        attempt_id="att-1",
+        tenant_id="t1",
+        mailbox="alice@example.com",
+        at_ms=T0,
+        actor=None,
+        reason=None,
+        source="192.0.2.7",
+        outcome="unauthenticated",
+        status=401,
+    )
+    decoded = CODEC.decode_as("Report", CODEC.encode("Report", record))
+    assert decoded == record
+    assert (decoded["event"], decoded["action_id"], decoded["status"]) == (
+        "release_attempt",
+        "att-1",
+        401,
+    )
+    again = release_attempt_record(**{**_attempt_fields(record), "status": 401})
+    assert again["report_id"] == record["report_id"]  # one attempt, one id
+    other = release_attempt_record(**{**_attempt_fields(record), "attempt_id": "att-2"})
+    assert other["report_id"] != record["report_id"]
+
+
+def _attempt_fields(record: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "attempt_id": record["action_id"],
+        "tenant_id": record["tenant_id"],
+        "mailbox": record["mailbox"],
+        "at_ms": record["at"],
+        "actor": record["actor"],
+        "reason": record["reason"],
+        "source": record["source"],
+        "outcome": record["outcome"],
+        "status": record["status"],
+    }
 
 
 def test_a_dead_letter_keeps_the_original_bytes() -> None:

@@ -233,6 +233,7 @@ def test_alert_rules_exist_with_for_labels_and_annotations() -> None:
         "SendguardConsumerLagGrowing",
         "SendguardDeadLettersRising",
         "SendguardBlockStorm",
+        "SendguardUnauthenticatedSupportAction",
     }
     for name, rule in rules.items():
         assert re.fullmatch(r"\d+[smh]", rule["for"]), name
@@ -251,6 +252,8 @@ def test_worker_down_rule_watches_the_scrape_job() -> None:
         ("SendguardConsumerLagGrowing", "sendguard_consumer_lag"),
         ("SendguardDeadLettersRising", "sendguard_dead_letters_total"),
         ("SendguardBlockStorm", "sendguard_blocks_total"),
+        ("SendguardUnauthenticatedSupportAction", "sendguard_dead_letters_total"),
+        ("SendguardReleaseAuthFailures", "sendguard_release_attempts_total"),
     ],
 )
 def test_each_rule_reads_its_metric(rule: str, metric: str) -> None:
@@ -345,6 +348,12 @@ def test_compose_worker_reaches_kafka_and_publishes_metrics() -> None:
     s = services()
     assert s["worker"]["environment"]["SENDGUARD_BOOTSTRAP"] == "kafka:9092"
     assert "6066:6066" in s["worker"]["ports"]
+    # Bound where Prometheus's container reaches it (the worker binds exactly its web
+    # host), and advertising the address Prometheus scrapes.
+    assert s["worker"]["environment"]["SENDGUARD_WEB_HOST"] == "0.0.0.0"
+    (job,) = [j for j in load_yaml(PROMETHEUS)["scrape_configs"] if j["job_name"] == "sendguard"]
+    (target,) = [t for static in job["static_configs"] for t in static["targets"]]
+    assert s["worker"]["environment"]["SENDGUARD_ADVERTISED_URL"] == f"http://{target}"
     assert s["topics"]["command"] == ["sendguard", "topics", "apply", "--bootstrap", "kafka:9092"]
     assert "PLAINTEXT://kafka:9092" in s["kafka"]["environment"]["KAFKA_ADVERTISED_LISTENERS"]
 

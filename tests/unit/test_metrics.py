@@ -95,7 +95,22 @@ def test_no_label_can_carry_a_mailbox_or_tenant(
         "partition",
         "version",
         "le",
+        "outcome",
     }
+
+
+def test_release_attempts_are_counted_by_a_closed_set_of_outcomes(
+    registry: CollectorRegistry, metrics: Metrics
+) -> None:
+    for outcome in ("released", "refused", "pending", "unauthenticated", "forbidden"):
+        assert value(registry, "sendguard_release_attempts_total", outcome=outcome) == 0
+    metrics.release_attempt("unauthenticated")
+    metrics.release_attempt("unauthenticated")
+    metrics.audit_suppressed()
+    assert value(registry, "sendguard_release_attempts_total", outcome="unauthenticated") == 2
+    assert value(registry, "sendguard_audit_suppressed_total") == 1
+    with pytest.raises(ValueError, match="unknown release attempt outcome"):
+        metrics.release_attempt("t1/alice@example.com")
 
 
 def test_two_instances_on_two_registries_do_not_share_counts() -> None:

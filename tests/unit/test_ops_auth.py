@@ -31,10 +31,28 @@ def test_missing_or_wrong_token_is_401() -> None:
     assert check("s3cret", "s3cret", "admin", "E") is None
 
 
-def test_status_cookie_is_an_hmac_bound_to_the_token() -> None:
-    cookie = status_cookie("s3cret")
-    assert "s3cret" not in cookie and len(cookie) == 64
-    assert check_status_cookie(cookie, "s3cret")
-    assert not check_status_cookie(cookie, "other")  # a new token invalidates old cookies
-    assert not check_status_cookie(cookie, None)
-    assert not check_status_cookie(None, "s3cret")
+def test_status_cookie_is_an_hmac_bound_to_the_token_and_expires() -> None:
+    now = 1_767_607_200_000
+    cookie = status_cookie("s3cret", now, ttl_ms=60_000)
+    expires, _, mac = cookie.partition(".")
+    assert int(expires) == now + 60_000
+    assert "s3cret" not in cookie and len(mac) == 64
+    assert check_status_cookie(cookie, "s3cret", now)
+    assert check_status_cookie(cookie, "s3cret", now + 59_999)
+    assert not check_status_cookie(cookie, "s3cret", now + 60_000)  # expired
+    assert not check_status_cookie(cookie, "other", now)  # a new token invalidates old cookies
+    assert not check_status_cookie(cookie, None, now)
+    assert not check_status_cookie(None, "s3cret", now)
+    # The expiry is inside the HMAC: moving it forward breaks the cookie.
+    assert not check_status_cookie(f"{now + 10**9}.{mac}", "s3cret", now)
+    assert not check_status_cookie(f"x.{mac}", "s3cret", now)
+    assert not check_status_cookie(mac, "s3cret", now)
+
+
+def test_undecodable_bytes_are_no_token_not_an_error() -> None:
+    # aiohttp hands bytes that are not UTF-8 over as lone surrogates.
+    assert bearer("Bearer ab\udcff\udcfecd") is None
+    assert bearer("Bearer caf\u00e9") is None  # not ASCII: no token either
+    assert check("ab\udcff", "s3cret", "admin", "E") == Denied(401, "wrong admin token")
+    assert not check_status_cookie("\udce9\udcff", "s3cret", 0)
+    assert not check_status_cookie("1.\udce9", "s3cret", 0)

@@ -1,11 +1,11 @@
-"""Property tests of the policy core against POLICY.md.
+"""Property tests of the policy core against docs/policy.md.
 
 The centre is a stateful comparison: hypothesis drives `Engine` and a deliberately
 naive, literal model of the specification (`naive_policy.NaivePolicy`) with the
 same random inputs and asserts the same decisions, in the same order, after every
 step. At the end of every run the same inputs are replayed through a fresh engine
 (ids must repeat) and through `simulate.run` as scenario lines (same decisions).
-Spec choices the model makes where POLICY.md is silent are listed in naive_policy.
+Spec choices the model makes where the rules are silent are listed in naive_policy.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from processor.policy import (
     Unblock,
     Verdict,
     VerdictKind,
+    forgettable,
 )
 from processor.simulate import run
 from tests.unit.naive_policy import NaivePolicy, canonical, canonical_order
@@ -53,6 +54,7 @@ MESSAGE_IDS = [f"m{i}" for i in range(6)]
 OWNERS = ["o1", "o2"]
 DEVICES = ["d1", "d2", "d3"]
 ALLOWLISTS = [[], [], ["@y.org"], [" B@X.com "]]
+MAX_LATENESS = [300, 1_000, 3_000, 10_000, 86_400_000]  # ms; the default (1 d) last
 KINDS = [
     ("OUTBOUND", "SPAM"),
     ("OUTBOUND", "VIRUS"),
@@ -130,9 +132,18 @@ class PolicyComparison(RuleBasedStateMachine):
         permanent_on=st.integers(1, 6),
         default_ss=st.booleans(),
         allowlist=st.sampled_from(ALLOWLISTS),
+        max_lateness_ms=st.sampled_from(MAX_LATENESS),
     )
     def setup(
-        self, threshold, window_ms, first_block_ms, growth, permanent_on, default_ss, allowlist
+        self,
+        threshold,
+        window_ms,
+        first_block_ms,
+        growth,
+        permanent_on,
+        default_ss,
+        allowlist,
+        max_lateness_ms,
     ):
         mapping = {
             "threshold": threshold,
@@ -142,6 +153,7 @@ class PolicyComparison(RuleBasedStateMachine):
             "permanent_on_offense": permanent_on,
             "default_synchronized_security": default_ss,
             "allowlist": allowlist,
+            "max_lateness": f"{max_lateness_ms}ms",
         }
         self.config = PolicyConfig.from_mapping(mapping)
         self.engine = Engine(self.config)
@@ -153,6 +165,7 @@ class PolicyComparison(RuleBasedStateMachine):
             permanent_on_offense=permanent_on,
             default_synchronized_security=default_ss,
             allowlist=allowlist,
+            max_lateness_ms=max_lateness_ms,
         )
         self.inputs: list = []  # every engine input, in order, for the replay
         self.lines: list[str] = []  # the same inputs as a scenario
@@ -165,13 +178,18 @@ class PolicyComparison(RuleBasedStateMachine):
         now = self.model.now if self.model.now is not None else BASE_MS
         w = self.config.window_ms
         longest = self.config.first_block_ms * int(self.config.growth_factor) ** 5
-        mode = data.draw(st.sampled_from(["forward"] * 4 + ["back", "jump"]), label="mode")
+        lateness = self.config.max_lateness_ms
+        modes = ["forward"] * 4 + ["back", "backlog", "jump"]
+        mode = data.draw(st.sampled_from(modes), label="mode")
         if mode == "forward":
             low, high = now, now + w // 3
         elif mode == "back":  # out of order, possibly late
             low, high = now - 3 * w, now
-        else:  # a jump that lets blocks expire
-            low, high = now, now + longest
+        elif mode == "backlog":  # around the max_lateness boundary (rules 1 and 6)
+            low, high = now - lateness - 2 * w, now - lateness + w
+        else:  # a jump that lets blocks expire and states become forgettable
+            low, high = now, now + max(longest, lateness + 3 * w)
+        low = max(0, low)
         return data.draw(st.integers(low, high), label="at")
 
     def _stamp(self, data, ms: int):
@@ -194,9 +212,7 @@ class PolicyComparison(RuleBasedStateMachine):
         verdict = Verdict(key, message_id, Direction(direction), VerdictKind(kind), t)
         before = records(self.engine)
         outcome, decisions = self.engine.verdict(verdict)
-        want_outcome, expected = self.model.verdict(
-            tenant, mailbox, message_id, direction, kind, t, engine_outcome=outcome.value
-        )
+        want_outcome, expected = self.model.verdict(tenant, mailbox, message_id, direction, kind, t)
         step = f"verdict {tenant!r} {mailbox!r} {message_id} {direction} {kind} t={t}"
         self._compare(step, expected, decisions)
         # rule 11 (allowlist): an allowlisted would-be block is a trigger too
@@ -358,6 +374,21 @@ class PolicyComparison(RuleBasedStateMachine):
         self.inputs.append(Tick(at))
         self.lines.append(json.dumps({"type": "tick", "at": self._stamp(data, at)}))
 
+    @rule()
+    def forget(self):
+        """Rule 6: the engine forgets what it may; the model never forgets, and every
+        later step still compares equal (forgetting never changes a decision)."""
+        now = self.engine.now_ms
+        allowed = {
+            key
+            for key, state in self.engine.states.items()
+            if now is not None and forgettable(self.config, state, now)
+        }
+        before = set(self.engine.states)
+        assert self.engine.forget() == len(allowed)
+        assert set(self.engine.states) == before - allowed
+        event(f"forgot {min(len(allowed), 3)}+ state(s)")
+
     @invariant()
     def output_properties(self):
         if hasattr(self, "config"):
@@ -376,8 +407,6 @@ class PolicyComparison(RuleBasedStateMachine):
         simulation = run(list(self.lines), self.config)
         assert [n for n, _ in simulation.rejected] == self.refused_lines, simulation.rejected
         assert simulation.decisions == self.output
-        for deviation in self.model.deviations:
-            event(f"deviation {deviation[0]}")
 
 
 PolicyComparison.TestCase.settings = settings(
@@ -539,6 +568,39 @@ def test_clean_or_inbound_verdicts_change_no_state(history, kind, offset):
     assert outcome is Outcome.NOT_QUALIFYING
     assert decisions == []
     assert records(engine) == before
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.sampled_from(MAX_LATENESS[:4]),
+    st.lists(
+        st.tuples(
+            st.sampled_from(MAILBOXES[4:]),
+            st.sampled_from(MESSAGE_IDS),
+            st.integers(-6_000, 2_000),  # relative to the clock: out of order, late, ahead
+            st.integers(0, 4_000),  # how far the clock moves first
+        ),
+        max_size=60,
+    ),
+)
+def test_forgetting_never_changes_a_decision(max_lateness_ms, steps):
+    """Rule 6: an engine that forgets everything it may after every input decides and
+    classifies exactly like one that never forgets."""
+    config = PolicyConfig(
+        threshold=3, window_ms=1_000, first_block_ms=500, max_lateness_ms=max_lateness_ms
+    )
+    keeping, forgetting = Engine(config), Engine(config)
+    now = BASE_MS
+    for mailbox, message_id, offset, advance in steps:
+        now += advance
+        assert keeping.tick(now) == forgetting.tick(now)
+        at = max(0, now + offset)
+        verdict = Verdict(
+            MailboxKey.of("t1", mailbox), message_id, Direction.OUTBOUND, VerdictKind.SPAM, at
+        )
+        assert keeping.verdict(verdict) == forgetting.verdict(verdict)
+        forgetting.forget()
+        event("some forgotten" if len(forgetting.states) < len(keeping.states) else "none")
 
 
 ILL_TYPED = [

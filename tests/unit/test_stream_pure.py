@@ -14,6 +14,7 @@ from processor.policy import (
     Direction,
     DirectoryEntry,
     MailboxKey,
+    Outcome,
     PolicyConfig,
     Release,
     Report,
@@ -69,6 +70,7 @@ def test_internal_events_round_trip_in_a_pack(
     events = [
         Verdict(key, message_id, Direction.OUTBOUND, VerdictKind.VIRUS, at),
         Release(key, "actor", "reason ✓", at),
+        Release(key, "actor", "reason", at, "action-1"),
         ExpiryTick(key, at),
         SweepTick(key),
     ]
@@ -221,12 +223,14 @@ def test_an_expiry_tick_unblocks_at_until_even_when_late() -> None:
 
 
 def test_a_sweep_deletes_only_state_that_may_be_forgotten() -> None:
+    #   10:00 one stray spam; rule 6 (window 10 min, max_lateness 1 d): forgettable from
+    #   +1d 10:10:00.001 on, by the same `forgettable` the engine of `simulate` uses
     config = PolicyConfig()
     first = one(config, None, verdict("m0", "10:00"), t("10:00"))
     assert first.action == STORE
-    early = one(config, first.value, SweepTick(ALICE), t("10:20"), offset=1)
+    early = one(config, first.value, SweepTick(ALICE), t("+1d 10:10"), offset=1)
     assert early.action == KEEP
-    late = one(config, first.value, SweepTick(ALICE), t("10:21"), offset=1)
+    late = one(config, first.value, SweepTick(ALICE), t("+1d 10:10:00.001"), offset=1)
     assert late.action == DELETE
     offender, _ = _burst(config)
     kept = one(config, offender, SweepTick(ALICE), t("+9d 10:00"), offset=5)
@@ -256,6 +260,25 @@ def test_a_mailboxs_events_in_one_pack_equal_the_same_events_one_by_one() -> Non
     assert packed.value["pos"] == [3, len(events) - 1]
     # The block's latency is measured from the verdict that triggered it.
     assert packed.sent[0][1] == t("10:00:04")
+
+
+def test_a_backlogged_verdict_completes_a_window_the_sweep_kept() -> None:
+    #   10:00 … 10:03 four spam; at 10:45 (more than two windows on) the sweep keeps the
+    #   state, and a verdict scanned 10:04 arriving from a backlog completes the window
+    config = PolicyConfig()
+    stored = None
+    for i in range(4):
+        step = one(config, stored, verdict(f"m{i}", f"10:0{i}"), t(f"10:0{i}"), offset=i)
+        stored = step.value
+    assert one(config, stored, SweepTick(ALICE), t("10:45"), offset=4).action == KEEP
+    step = one(config, stored, verdict("backlog", "10:04"), t("10:45"), offset=5)
+    assert isinstance(step.decisions[0], Block) and step.decisions[0].at_ms == t("10:45")
+
+
+def test_a_late_verdict_of_an_unknown_mailbox_stores_nothing() -> None:
+    config = PolicyConfig()
+    step = one(config, None, verdict("old", "10:00"), t("+1d 10:00:00.001"))
+    assert (step.outcomes, step.action, step.decisions) == ([Outcome.LATE], KEEP, [])
 
 
 # ------------------------------------------------------------- replays ---
