@@ -538,3 +538,31 @@ def test_a_state_recovered_from_the_changelog_is_found_under_the_agents_key() ->
     event = asyncio.run(table.changelog_topic.decode(message))
     table.apply_changelog_batch([event])
     assert table.get(key) == value  # JSON bytes, decoded by the runtime
+
+
+def test_a_partition_scope_makes_faust_see_the_named_event() -> None:
+    # Faust's RocksDB store picks the database of a read or write from
+    # faust.streams.current_event(); the agent names the record of each mailbox's
+    # partition through PartitionScope. If Faust stops reading that variable, this fails.
+    import inspect
+
+    import faust.stores.rocksdb
+    from faust.streams import current_event
+
+    from processor.stream.tables import PartitionScope
+
+    class _Event:  # what the store reads: event.message.partition
+        class message:
+            partition = 3
+
+    event, other = _Event(), _Event()
+    assert "current_event()" in inspect.getsource(faust.stores.rocksdb.Store._set)
+    assert faust.stores.rocksdb.current_event is current_event
+    scope = PartitionScope()
+    assert current_event() is None
+    scope.enter(event)
+    assert current_event() is event
+    scope.enter(other)
+    assert current_event() is other
+    scope.close()
+    assert current_event() is None
