@@ -319,6 +319,34 @@ class Worker:
         stop_process_group(self.process)
 
 
+class Workers:
+    """Several `sendguard worker` processes of one deployment (same app id): the
+    consumer groups split the partitions between them, as on several hosts."""
+
+    def __init__(self, workers: list[Worker]) -> None:
+        self.workers = workers
+        self.started_at = min(w.started_at for w in workers)
+        self.log = workers[0].log
+
+    def check_alive(self) -> None:
+        for worker in self.workers:
+            worker.check_alive()
+
+    def lags(self) -> tuple[int, int]:
+        edge = agent = 0
+        for worker in self.workers:
+            e, a = worker.lags()
+            edge, agent = edge + e, agent + a
+        return edge, agent
+
+    def verdicts_counted(self) -> int:
+        return sum(worker.verdicts_counted() for worker in self.workers)
+
+    def stop(self) -> None:
+        for worker in self.workers:
+            worker.stop()
+
+
 # -- reading topics -----------------------------------------------------------------------
 
 
@@ -419,7 +447,7 @@ class Throughput:
 def run_throughput(
     bootstrap: str,
     names: TopicNames,
-    worker: Worker,
+    worker: Workers,
     produced: Produced,
     timeout_s: float,
     on_first: Any = None,
@@ -516,7 +544,7 @@ class ControlWatch:
 class LagSampler:
     """Samples the worker's lag gauges every half second while the live stream runs."""
 
-    worker: Worker
+    worker: Workers
     max_edge: int = 0
     max_agent: int = 0
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -825,7 +853,7 @@ def run_share(args: argparse.Namespace, bootstrap: str, share: float) -> ShareRe
     out(f"run       : topic prefix {names.prefix!r}, app id {names.app_id!r}")
     tmp = Path(tempfile.mkdtemp(prefix="sendguard-e2e-"))
     codec = Codec.from_config(CodecConfig())  # single-object encoding, as scanners send
-    worker: Worker | None = None
+    worker: Workers | None = None
     failed = True
     try:
         create_topics(bootstrap, names)
@@ -863,17 +891,25 @@ def run_share(args: argparse.Namespace, bootstrap: str, share: float) -> ShareRe
 
         out()
         out(
-            f"[1] throughput: sendguard worker --store {args.store} "
+            f"[1] throughput: {args.workers} x sendguard worker --store {args.store} "
             f"--loglevel {args.worker_loglevel} ({load()})"
         )
-        worker = Worker(
-            bootstrap,
-            names,
-            args.store,
-            args.worker_loglevel,
-            tmp,
-            args.profile_worker,
-            args.worker_pythonpath,
+        worker_dirs = [tmp / f"w{i}" for i in range(args.workers)]
+        for directory in worker_dirs:
+            directory.mkdir()
+        worker = Workers(
+            [
+                Worker(
+                    bootstrap,
+                    names,
+                    args.store,
+                    args.worker_loglevel,
+                    directory,
+                    args.profile_worker if i == 0 else None,
+                    args.worker_pythonpath,
+                )
+                for i, directory in enumerate(worker_dirs)
+            ]
         )
         cpu_before: dict[int, float | None] = {}
         tp = run_throughput(
@@ -1013,11 +1049,15 @@ def run_share(args: argparse.Namespace, bootstrap: str, share: float) -> ShareRe
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _process_cpu(worker: Worker) -> dict[int, float | None]:
-    """CPU seconds so far of the worker's main process (key 0) and its edge process (1)."""
-    pid = worker.process.pid
-    children = _children(pid)
-    return {0: _cpu_seconds(pid), 1: sum(filter(None, map(_cpu_seconds, children))) or None}
+def _process_cpu(workers: Workers) -> dict[int, float | None]:
+    """CPU seconds so far of the workers' main processes (key 0) and edge processes (1)."""
+    pids = [worker.process.pid for worker in workers.workers]
+    children = [child for pid in pids for child in _children(pid)]
+    main = [_cpu_seconds(pid) for pid in pids]
+    return {
+        0: None if None in main else sum(filter(None, main)),
+        1: sum(filter(None, map(_cpu_seconds, children))) or None,
+    }
 
 
 def _describe_cpu(
@@ -1028,8 +1068,9 @@ def _describe_cpu(
     if agent is None or edge is None:
         return "not measured (no /proc)"
     return (
-        f"lockout process {agent:.1f} s ({agent / max(1, qualifying) * 1e6:.0f} us per "
-        f"qualifying verdict), edge process {edge:.1f} s ({edge / n * 1e6:.1f} us per verdict)"
+        f"lockout process(es) {agent:.1f} s ({agent / max(1, qualifying) * 1e6:.0f} us per "
+        f"qualifying verdict), edge process(es) {edge:.1f} s ({edge / n * 1e6:.1f} us per "
+        "verdict)"
         " from the first forwarded record to lag 0"
     )
 
@@ -1077,6 +1118,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--store", choices=("rocksdb", "memory"), default="rocksdb")
     parser.add_argument("--worker-loglevel", default="info", help="the worker's --loglevel")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes of the deployment (same app id, partitions split between them)",
+    )
     parser.add_argument("--latency-seconds", type=float, default=20)
     parser.add_argument(
         "--latency-fraction",
