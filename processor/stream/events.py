@@ -30,6 +30,8 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import orjson
+
 from processor.policy.events import Direction, MailboxKey, Release, Verdict, VerdictKind
 
 VERSION = 2
@@ -169,9 +171,7 @@ def _body(event: MailboxEvent) -> dict[str, object]:
 def encode_entry(event: MailboxEvent) -> bytes:
     """One event as an element of a pack's `events` (see `pack_value`)."""
     key = event.key
-    return json.dumps(
-        [key.tenant_id, key.mailbox, _body(event)], ensure_ascii=False, separators=(",", ":")
-    ).encode()
+    return orjson.dumps([key.tenant_id, key.mailbox, _body(event)])
 
 
 def pack_value(at_ms: int, entries: Sequence[bytes]) -> bytes:
@@ -226,7 +226,7 @@ def decode_record(key: bytes | None, value: bytes, timestamp_ms: int) -> Pack:
     `key` and `timestamp_ms` (the record's) matter only for version-1 records.
     """
     try:
-        body = json.loads(value)
+        body = orjson.loads(value)
         version = body.get("v")
         if version == VERSION:
             at = _int(body["at"])

@@ -8,12 +8,13 @@ arithmetic happens here (see `processor.stream.handling`).
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
 
 from processor.ops.metrics import Metrics
 from processor.policy import Decision, MailboxKey, Outcome, PolicyConfig
@@ -39,7 +40,7 @@ _IGNORED = {
 
 
 def _dumps(value: dict[str, Any]) -> bytes:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+    return orjson.dumps(value)
 
 
 def wall_ms() -> int:
@@ -170,7 +171,7 @@ class Runtime:
             return False
         scope.enter(mailbox.record.event)
         stored = self.table.get(mailbox.key)
-        value = None if stored is None else json.loads(stored)
+        value = None if stored is None else orjson.loads(stored)
         mailbox.step = handle(self.policy, value, mailbox.items, self.lookups)
         if mailbox.step.skipped:
             self.metrics.replayed(mailbox.step.skipped)
@@ -194,7 +195,7 @@ class Runtime:
     def load(self, key: bytes) -> dict[str, Any] | None:
         """The stored `MailboxState.to_record()` of the mailbox with this key, if any."""
         stored = self.table.get(key)
-        return None if stored is None else json.loads(stored)["state"]
+        return None if stored is None else orjson.loads(stored)["state"]
 
     # -- sending ---------------------------------------------------------------------------
 
@@ -270,7 +271,9 @@ class Runtime:
 
     def stored_states(self) -> list[tuple[bytes, dict[str, Any]]]:
         """(key bytes, state record) of every mailbox in the local store."""
-        values = [json.loads(stored) for stored in list(self.table.values()) if stored is not None]
+        values = [
+            orjson.loads(stored) for stored in list(self.table.values()) if stored is not None
+        ]
         return [(value["key"].encode(), value["state"]) for value in values]
 
     def rebuild_index(self) -> None:
