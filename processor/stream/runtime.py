@@ -171,8 +171,18 @@ class Runtime:
             return False
         scope.enter(mailbox.record.event)
         stored = self.table.get(mailbox.key)
-        value = None if stored is None else orjson.loads(stored)
-        mailbox.step = handle(self.policy, value, mailbox.items, self.lookups)
+        try:
+            value = None if stored is None else orjson.loads(stored)
+            mailbox.step = handle(self.policy, value, mailbox.items, self.lookups)
+        except (ValueError, TypeError, KeyError):
+            # A stored value this version cannot read (corrupt, or from a newer worker):
+            # failing the batch would fail every other mailbox in it, for ever.
+            log.exception(
+                "skipping %d event(s) of a mailbox whose stored value cannot be read: %r",
+                len(mailbox.items),
+                (stored or b"")[:200],
+            )
+            return False
         if mailbox.step.skipped:
             self.metrics.replayed(mailbox.step.skipped)
         return True

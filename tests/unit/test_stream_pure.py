@@ -566,3 +566,27 @@ def test_a_partition_scope_makes_faust_see_the_named_event() -> None:
     assert current_event() is other
     scope.close()
     assert current_event() is None
+
+
+def test_a_mailbox_whose_stored_value_cannot_be_read_does_not_fail_the_batch() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from processor.ops.metrics import Metrics
+    from processor.stream.lookups import Lookups
+    from processor.stream.runtime import Record, Runtime
+
+    bob = MailboxKey.of("t1", "bob@example.com")
+    table = {encode_key(ALICE): b'{"key": "x", "state": {"v": 99}}'}
+    rt = Runtime(
+        app=None,
+        table=table,
+        policy=PolicyConfig(),
+        names=TopicNames(),
+        partitions=1,
+        outputs=None,  # type: ignore[arg-type]
+        lookups=Lookups(),
+        metrics=Metrics(CollectorRegistry()),
+    )
+    pack = Pack(t("10:00"), [verdict("a", "10:00"), verdict("b", "10:00", mailbox=bob.mailbox)])
+    [mailbox] = rt.step([Record(None, 0, 0, pack)])
+    assert mailbox.key == encode_key(bob) and mailbox.step.action == STORE
