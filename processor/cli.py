@@ -23,9 +23,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("processor.demo.run:demo", "Show sendguard working on the local broker."),
     "status": ("processor.ops.client:status", "Show a mailbox's state (worker API)."),
     "release": ("processor.ops.client:release", "Release a permanently blocked mailbox."),
+    "ingest": ("processor.mail.ingest_command:ingest", "Turn rspamd scan results into verdicts."),
     "support-token": (
         "processor.ops.support_tokens:support_token",
         "Make a personal support token.",
+    ),
+    "gateway": (
+        "processor.mail.gateway_command:gateway",
+        "Postfix policy service: reject mail from blocked mailboxes.",
     ),
 }
 

@@ -66,3 +66,27 @@ if [[ "${SENDGUARD_SETUP_BROWSER:-0}" == 1 ]] && ! command -v chromium >/dev/nul
         echo "setup.sh: note: without chromium the status page's browser test is skipped (apt-get install chromium)" >&2
     fi
 fi
+
+# The mail-loop test runs Debian's rspamd and Postfix as private instances on loopback
+# (tests/integration/mail_support.py). test.sh asks for them (SENDGUARD_SETUP_MAIL=1).
+# Postfix is preseeded "No configuration", so the package sets up no system mail server
+# (the test never reads /etc/postfix); recommends (redis, ...) are not installed.
+if [[ "${SENDGUARD_SETUP_MAIL:-0}" == 1 ]]; then
+    mail_missing=()
+    command -v rspamd >/dev/null 2>&1 || mail_missing+=(rspamd)
+    [[ -x /usr/sbin/postfix ]] || command -v postfix >/dev/null 2>&1 || mail_missing+=(postfix)
+    if ((${#mail_missing[@]})); then
+        if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+            echo "setup.sh: installing ${mail_missing[*]} with apt-get (for the mail-loop test)" >&2
+            if command -v debconf-set-selections >/dev/null 2>&1; then
+                echo "postfix postfix/main_mailer_type select No configuration" |
+                    debconf-set-selections || die "debconf-set-selections failed"
+            fi
+            apt-get update -qq || die "apt-get update failed"
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+                "${mail_missing[@]}" >/dev/null || die "apt-get install ${mail_missing[*]} failed"
+        else
+            echo "setup.sh: note: without ${mail_missing[*]} the mail-loop test is skipped (apt-get install ${mail_missing[*]})" >&2
+        fi
+    fi
+fi

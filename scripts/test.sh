@@ -7,7 +7,7 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
-SENDGUARD_SETUP_BROWSER=1 bash scripts/setup.sh
+SENDGUARD_SETUP_BROWSER=1 SENDGUARD_SETUP_MAIL=1 bash scripts/setup.sh
 export PATH="$root/.venv/bin:$PATH"
 
 started_broker=0
