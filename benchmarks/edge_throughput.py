@@ -59,6 +59,7 @@ def main() -> None:
             verdicts_topic=names.verdicts,
             support_topic=names.support_actions,
             internal_topic=names.mailbox_events,
+            internal_partitions=6,
             dead_letter_topic=names.dead_letter,
             batch_size=args.batch_size,
         ),

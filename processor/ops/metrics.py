@@ -99,6 +99,8 @@ class Metrics:
             "sendguard_qualifying_verdicts_total",
             "sendguard_verdicts_ignored_total",
             "sendguard_events_replayed_total",
+            "sendguard_undeliverable_records_total",
+            "sendguard_delivery_retries_total",
             "sendguard_dead_letters_total",
             "sendguard_blocks_total",
             "sendguard_unblocks_total",
@@ -144,6 +146,19 @@ class Metrics:
             "sendguard_events_replayed_total",
             "Internal events read again after a crash or rebalance and skipped, "
             "because the stored state already includes them.",
+            registry=registry,
+        )
+        self._undeliverable = Counter(
+            "sendguard_undeliverable_records_total",
+            "Decision records Kafka refused for good (e.g. too large), by topic and error "
+            "code: not sent, and their state stored anyway (README, crash safety).",
+            ["topic", "reason"],
+            registry=registry,
+        )
+        self._delivery_retries = Counter(
+            "sendguard_delivery_retries_total",
+            "Batches of decisions sent again after a failure that may pass (broker "
+            "unreachable, timeout); the agent waits meanwhile.",
             registry=registry,
         )
         self._dead_letters = Counter(
@@ -297,9 +312,18 @@ class Metrics:
         """Count one qualifying verdict the policy ignored: late, duplicate, ..."""
         self._ignored.labels(_check(reason, IGNORED_REASONS, "ignored reason")).inc()
 
-    def replayed(self) -> None:
-        """Count one internal event skipped because the stored state includes it."""
-        self._replayed.inc()
+    def replayed(self, count: int = 1) -> None:
+        """Count internal events skipped because the stored state includes them."""
+        self._replayed.inc(count)
+
+    def undeliverable(self, topic: str, reason: str) -> None:
+        """Count one decision record refused for good; `reason` is a Kafka error code
+        name (a small closed set), `topic` a contract topic name."""
+        self._undeliverable.labels(topic, reason).inc()
+
+    def delivery_retry(self) -> None:
+        """Count one batch of decisions sent again."""
+        self._delivery_retries.inc()
 
     def dead_letter(self, reason: str, count: int = 1) -> None:
         """Count records sent to the dead-letter topic under their reason code."""

@@ -31,6 +31,7 @@ def create_app(settings: WorkerSettings) -> faust.App:
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
         broker_session_timeout=settings.session_timeout_s,
+        broker_commit_interval=settings.commit_interval_s,
         consumer_group_instance_id=settings.instance_id,
         broker_heartbeat_interval=settings.session_timeout_s / 3,
         web_enabled=True,

@@ -52,6 +52,7 @@ from processor.policy.decisions import decision_id
 from processor.policy.events import MAX_TIMESTAMP_MS
 from processor.policy.window import SlidingWindow
 from processor.stream import events
+from processor.stream.handling import encode_stored
 from processor.stream.outputs import Outputs
 from processor.stream.topics import TopicNames
 
@@ -139,9 +140,11 @@ def _records(
     at = _MAX_TIME
     verdict = Verdict(key, text(MAX_MESSAGE_ID), Direction.OUTBOUND, VerdictKind.VIRUS, at)
     wanted = Release(key, text(MAX_ACTOR), text(MAX_REASON), at, text(MAX_ACTION_ID))
+    # A pack holds events up to MAX_PACK_BYTES; one larger event would go alone.
+    largest = max(len(events.encode_entry(verdict)), len(events.encode_entry(wanted)))
+    alone = len(events.pack_value(at, [b"x" * largest]))
     found: list[tuple[str, int]] = [
-        ("internal verdict", len(key_bytes) + len(events.encode_event(verdict))),
-        ("internal release", len(key_bytes) + len(events.encode_event(wanted))),
+        ("internal pack", max(events.MAX_PACK_BYTES, alone)),
         ("state table", len(key_bytes) + len(_table_value(policy, key_bytes, char))),
     ]
     outputs = Outputs(codec, names)
@@ -165,17 +168,18 @@ def _records(
 
 def _table_value(policy: PolicyConfig, key_bytes: bytes, char: str) -> bytes:
     """The state table's value (as the agent stores it) with the fullest window."""
-    from faust.serializers import codecs
-
     state = MailboxState()
     state.offenses = state.sequence = state.allowlist_hits = 2**31 - 1
     state.blocked_at_ms = state.blocked_until_ms = state.high_water_ms = _MAX_TIME
     state.counts_from_ms = _MAX_TIME
     message_id = char * MAX_MESSAGE_ID
     state.window = SlidingWindow([(_MAX_TIME, message_id)] * max_window_entries(policy))
-    value = {"key": key_bytes.decode(), "state": state.to_record(), "offset": _MAX_LONG}
-    encoded: bytes = codecs.dumps("json", value)
-    return encoded
+    value = {
+        "state": state.to_record(),
+        "pos": [_MAX_LONG, events.MAX_PACK_EVENTS],
+        "clock": _MAX_TIME,
+    }
+    return encode_stored(key_bytes, value)
 
 
 def _decisions(policy: PolicyConfig, key: MailboxKey, char: str) -> list[Decision]:

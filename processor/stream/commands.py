@@ -283,6 +283,7 @@ def run_worker(
     from processor.stream.agents import define_lockout_agent
     from processor.stream.app import create_app
     from processor.stream.bounds import check_record_bounds
+    from processor.stream.delivery import Delivery
     from processor.stream.edge import EdgeConfig
     from processor.stream.edge_health import EdgeHealth, InputLagMonitor
     from processor.stream.edge_process import EdgeSupervisor
@@ -335,6 +336,7 @@ def run_worker(
     app = create_app(_with_partitions(settings, partitions))
     table = define_state_table(app, partitions)
     metrics = Metrics(CollectorRegistry())
+    delivery = Delivery(client_config, on_retry=metrics.delivery_retry)
     rt = Runtime(
         app=app,
         table=table,
@@ -344,6 +346,7 @@ def run_worker(
         outputs=Outputs(codec, names),
         lookups=lookups,
         metrics=metrics,
+        delivery=delivery,
     )
     supervisor = monitor = health = None
     if edge:
@@ -354,6 +357,7 @@ def run_worker(
                 verdicts_topic=names.verdicts,
                 support_topic=names.support_actions,
                 internal_topic=names.mailbox_events,
+                internal_partitions=partitions,
                 dead_letter_topic=names.dead_letter,
                 codec_config=settings.codec,
                 batch_size=settings.edge_batch_size,
@@ -389,6 +393,7 @@ def run_worker(
         if monitor is not None:
             monitor.stop()
         reader.stop()
+        delivery.close()
 
 
 def _with_partitions(settings: WorkerSettings, partitions: int) -> WorkerSettings:

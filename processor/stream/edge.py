@@ -10,7 +10,8 @@ keeps the GIL away from the stateful agent). Per batch:
                    the raw bytes, or a bounded prefix of them with size and sha256)
            unsigned, forged or stale support action ──► dead letter (unauthenticated_action)
            clean or inbound ──► counted, dropped
-           qualifying verdict / support release ──► internal topic, keyed by mailbox
+           qualifying verdict / support release ──► a pack of its mailbox's partition
+      ─► produce the packs (≤ 1000 events, ≤ 256 KiB each) to the internal topic
       ─► deliver: wait for every produce's delivery report
            a forward refused for reasons of its own record ──► that record dead-lettered
            a dead letter refused for reasons of its own ──► counted and logged, skipped
@@ -33,9 +34,11 @@ Offsets are committed only after every produce of the batch is delivered, so a
 crash replays at most one batch (at-least-once); the policy drops replayed verdicts
 by message id and replayed releases find the mailbox already released (their
 refusal report has a fixed id). The producer is idempotent, so its retries neither
-duplicate nor reorder a mailbox's events. Keys are partitioned with murmur2 like
-Java and aiokafka, so a mailbox's events from here and the timer's ticks (sent by
-Faust) share a partition.
+duplicate nor reorder a mailbox's events. Each pack holds the events of one internal
+partition (murmur2 of the mailbox key, `processor.stream.events.partition_for`, as
+the timer places its ticks) and is stamped with the time it was made: the `now` of
+its policy steps. A pack refused for reasons of its own (never expected: packs and
+events are bounded) dead-letters every record whose event it carried.
 
 Every `report_every_s` the stage reports its counters and its assignment to the
 worker, also while it waits for deliveries or a backoff: the report is the
@@ -59,6 +62,7 @@ from processor.codec.errors import DecodeError
 from processor.codec.wire import Codec, CodecConfig
 from processor.stream import events
 from processor.stream.kafka_errors import classify
+from processor.stream.packing import Pack, Packer
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +85,8 @@ class EdgeConfig:
     report_every_s: float = 1.0
     session_timeout_s: float = 10.0
     instance_id: str | None = None
+    #: Partitions of the internal topic: packs are made per partition.
+    internal_partitions: int = 1
     #: Verify support actions (none configured: every action is dead-lettered).
     action_keys: ActionKeys = field(default_factory=ActionKeys)
     #: The producer's `message.timeout.ms`: a delivery not made by then is reported
@@ -152,6 +158,9 @@ class _Attempt:
     counts: EdgeCounts = field(default_factory=EdgeCounts)
     #: Forwards refused for reasons of their own record: (message index, error).
     refused: list[tuple[int, Any]] = field(default_factory=list)
+    #: Packs of several events refused for reasons of their own: sent again one
+    #: event each, so only the events refused on their own are dead-lettered.
+    split: list[Pack] = field(default_factory=list)
     #: Failures not about one record (the batch must be retried), and fatal ones.
     not_the_records: list[str] = field(default_factory=list)
     fatal: str | None = None
@@ -182,6 +191,7 @@ class EdgeStage:
         self._stopping: Callable[[], bool] = lambda: False
         self._report: Callable[[EdgeCounts], None] | None = None
         self._next_report = 0.0
+        self._packer = Packer(config.internal_partitions)
 
     @classmethod
     def connect(cls, config: EdgeConfig, codec: Codec | None = None) -> EdgeStage:
@@ -277,6 +287,7 @@ class EdgeStage:
     def _process_batch(self, attempt: _Attempt) -> None:
         from confluent_kafka import KafkaError
 
+        self._packer.clear()  # what a failed attempt at this batch had packed
         for index, message in enumerate(attempt.messages):
             failure = message.error()
             if failure is not None:
@@ -301,6 +312,7 @@ class EdgeStage:
                 self._dead_letter(
                     attempt, index, "internal_error", f"{type(error).__name__}: {error}"
                 )
+        self._send_packs(attempt)
 
     def _decode(self, counts: EdgeCounts, message: Any) -> events.MailboxEvent | None:
         """The event to forward, or None for a verdict that does not qualify (counted).
@@ -328,16 +340,19 @@ class EdgeStage:
         return release
 
     def _forward(self, attempt: _Attempt, index: int, event: events.MailboxEvent) -> None:
-        """Send one event to the internal topic, keyed by its mailbox: the one place
-        that decides how events are packed into internal records."""
-        self._produce(
-            attempt,
-            index,
-            None,
-            self.config.internal_topic,
-            events.encode_key(event.key),
-            events.encode_event(event),
-        )
+        """Add a qualifying verdict or a release (of the record at `index`) to the batch's
+        packs: the one place that decides how events reach the internal topic."""
+        self._packer.add(event, index)
+
+    def _send_packs(self, attempt: _Attempt) -> None:
+        """Produce the batch's packs, one or more per partition, stamped with the wall
+        clock once: their events happen at that time (`processor.stream.events`)."""
+        for pack in self._packer.drain(int(time.time() * 1000)):
+            self._send_pack(attempt, pack)
+
+    def _send_pack(self, attempt: _Attempt, pack: Pack) -> None:
+        topic = self.config.internal_topic
+        self._produce(attempt, pack.sources, None, topic, None, pack.value, pack)
 
     def _dead_letter(self, attempt: _Attempt, index: int, reason: str, detail: str) -> None:
         """Send the record at `index` to the dead-letter topic (bounded, whatever its size)."""
@@ -358,39 +373,48 @@ class EdgeStage:
             self._lost(attempt, index, reason, f"dead letter not encodable: {error}")
             return
         key = records.bounded_copy(message.key())
-        self._produce(attempt, index, reason, self.config.dead_letter_topic, key, value)
+        self._produce(attempt, (index,), reason, self.config.dead_letter_topic, key, value)
 
     def _produce(
         self,
         attempt: _Attempt,
-        index: int,
+        sources: tuple[int, ...],
         dead_letter: str | None,
         topic: str,
         key: bytes | None,
         value: bytes,
+        pack: Pack | None = None,
     ) -> None:
-        """Produce one record for the message at `index` (`dead_letter`: its reason,
-        None for a forward); a refusal is handled like a failed delivery report."""
+        """Produce one record for the messages at `sources`: one message's dead letter
+        (`dead_letter`, its reason), or a `pack` of forwards; a refusal is handled like a
+        failed delivery report."""
         from confluent_kafka import KafkaError, KafkaException
 
-        on_delivery = functools.partial(self._delivered, attempt, index, dead_letter)
+        on_delivery = functools.partial(self._delivered, attempt, sources, dead_letter, pack)
+        where = {} if pack is None else {"partition": pack.partition}
         while True:
             try:
-                self.producer.produce(topic, value, key, on_delivery=on_delivery)
+                self.producer.produce(topic, value, key, on_delivery=on_delivery, **where)
                 return
             except BufferError:  # local queue full: let deliveries drain
                 self.producer.poll(0.05)
                 self._heartbeat()
             except KafkaException as exc:  # refused before sending (too large, ...)
-                self._delivered(attempt, index, dead_letter, exc.args[0], None)
+                self._delivered(attempt, sources, dead_letter, pack, exc.args[0], None)
                 return
             except Exception as exc:  # refused its arguments: this record's, by construction
                 error = KafkaError(KafkaError._INVALID_ARG, f"{type(exc).__name__}: {exc}")
-                self._delivered(attempt, index, dead_letter, error, None)
+                self._delivered(attempt, sources, dead_letter, pack, error, None)
                 return
 
     def _delivered(
-        self, attempt: _Attempt, index: int, dead_letter: str | None, error: Any, _: Any
+        self,
+        attempt: _Attempt,
+        sources: tuple[int, ...],
+        dead_letter: str | None,
+        pack: Pack | None,
+        error: Any,
+        _: Any,
     ) -> None:
         """The delivery report of one produce (or a produce refused at once)."""
         if error is None:
@@ -398,15 +422,17 @@ class EdgeStage:
                 attempt.counts.dead_letters[dead_letter] += 1
             return
         kind = classify(error)
-        where = _where(attempt.messages[index])
+        where = _where(attempt.messages[sources[0]])
         if kind == "fatal":
             attempt.fatal = f"{where}: {error}"
         elif kind == "retry":
             attempt.not_the_records.append(f"{where}: {error}")
+        elif pack is not None and len(pack.entries) > 1:
+            attempt.split.append(pack)
         elif dead_letter is None:
-            attempt.refused.append((index, error))
+            attempt.refused.extend((index, error) for index in sources)
         else:
-            self._lost(attempt, index, dead_letter, f"dead letter refused: {error}")
+            self._lost(attempt, sources[0], dead_letter, f"dead letter refused: {error}")
 
     def _lost(self, attempt: _Attempt, index: int, reason: str, detail: str) -> None:
         """A record that cannot even be dead-lettered: counted and logged, then skipped."""
@@ -442,17 +468,23 @@ class EdgeStage:
             raise BatchFailed(f"{len(failures)} produce(s) failed, e.g. {failures[0]}")
 
     def _dead_letter_refused(self, attempt: _Attempt) -> None:
-        """Dead-letter the records whose forward was refused for reasons of their own,
-        and wait for those dead letters (whose own refusals are counted as lost)."""
+        """Send the events of refused packs again one each, then dead-letter the records
+        whose forward was refused on its own, and wait for all of it (a dead letter's
+        own refusal is counted as lost). Ends: a pack is split once, a record is
+        dead-lettered once."""
         from confluent_kafka import KafkaError
 
-        refused, attempt.refused = attempt.refused, []
-        for index, error in refused:
-            too_large = error.code() == KafkaError.MSG_SIZE_TOO_LARGE
-            reason = "record_too_large" if too_large else "produce_failed"
-            detail = f"forward to {self.config.internal_topic} refused: {error}"
-            self._dead_letter(attempt, index, reason, detail)
-        if refused:
+        while attempt.split or attempt.refused:
+            split, attempt.split = attempt.split, []
+            for pack in split:
+                for single in pack.singles():
+                    self._send_pack(attempt, single)
+            refused, attempt.refused = attempt.refused, []
+            for index, error in refused:
+                too_large = error.code() == KafkaError.MSG_SIZE_TOO_LARGE
+                reason = "record_too_large" if too_large else "produce_failed"
+                detail = f"forward to {self.config.internal_topic} refused: {error}"
+                self._dead_letter(attempt, index, reason, detail)
             self._deliver(attempt)
 
     def commit(self, messages: list[Any]) -> None:
@@ -512,7 +544,7 @@ def kafka_clients(config: EdgeConfig) -> tuple[Any, Any]:
             "linger.ms": 5,
             "message.timeout.ms": int(config.delivery_timeout_s * 1000),
             # No compression: aiokafka (the agent's consumer) ships without lz4
-            # and snappy, and the internal records are small and few.
+            # and snappy, and the packs are few.
         }
     )
     return consumer, producer

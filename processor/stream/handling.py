@@ -1,15 +1,26 @@
-"""One internal event applied to one mailbox's state: the live worker's policy step.
+"""One mailbox's events of one pack applied to its stored value: the agent's policy step.
 
-Pure (no Kafka, no Faust, no clock): the agent loads the state, calls `handle`,
-sends `Step.decisions` in order, then stores `Step.state` (None: delete it). All
-rules live in `processor.policy.machine`; this only chooses which core function an
-event goes to and whether the state is worth storing.
+Pure (no Kafka, no Faust, no clock): the agent groups a pack's events by mailbox,
+loads each mailbox's stored value once, calls `handle`, sends every step's
+decisions, and only then stores `Step.value` (or deletes it). All rules live in
+`processor.policy.machine`; this chooses which core function an event goes to,
+which events the stored value already includes, and whether a value is worth
+storing.
+
+A stored value is `{"key": ..., "state": MailboxState.to_record(), "pos": [offset,
+index], "clock": ms}`: `pos` is the position (internal-topic offset, index in its
+pack) of the last event applied, so an event at or before it is a replay and is
+skipped; `clock` is the latest `now` the mailbox was stepped at, so a pack stamped
+by a writer whose clock is behind never moves the mailbox's time backwards.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
 
 from processor.policy import (
     Decision,
@@ -18,7 +29,6 @@ from processor.policy import (
     PolicyConfig,
     PolicyContext,
     Release,
-    ReleaseRefused,
     Verdict,
     expire,
     forgettable,
@@ -32,50 +42,123 @@ KEEP, STORE, DELETE = "keep", "store", "delete"
 #: The record of a mailbox never seen: a step that leaves it so stores nothing.
 _FRESH = MailboxState().to_record()
 
+#: (offset of the internal record, index of the event in its pack).
+Position = tuple[int, int]
+NOWHERE: Position = (-1, -1)
+
 
 @dataclass(slots=True)
 class Step:
-    decisions: list[Decision] = field(default_factory=list)
-    outcome: Outcome | None = None  # verdicts only
-    refused: ReleaseRefused | None = None
-    #: scanned_at of the verdict that caused the step (block latency metric).
-    triggered_at_ms: int | None = None
-    #: KEEP (unchanged), STORE (`record`), or DELETE.
+    """What one mailbox's events of one pack did."""
+
+    #: Per event that decided something: its decisions, in order, and the
+    #: scanned_at of the verdict behind them (None for ticks and releases).
+    sent: list[tuple[list[Decision], int | None]] = field(default_factory=list)
+    #: How every verdict applied was classified (the ignored ones are counted).
+    outcomes: list[Outcome] = field(default_factory=list)
+    #: Events the stored value already included (replays), skipped.
+    skipped: int = 0
+    #: KEEP (unchanged), STORE (`value`), or DELETE.
     action: str = KEEP
-    record: dict[str, Any] | None = None
+    value: dict[str, Any] | None = None
+
+    @property
+    def decisions(self) -> list[Decision]:
+        return [decision for decisions, _ in self.sent for decision in decisions]
+
+
+def stored_position(stored: dict[str, Any] | None) -> Position:
+    """The position of the last event the stored value includes."""
+    if stored is None:
+        return NOWHERE
+    pos = stored.get("pos")
+    if pos is not None:
+        return (int(pos[0]), int(pos[1]))
+    # Written before packs: the offset of the one-event record that wrote it.
+    return (int(stored.get("offset", -1)), 0)
+
+
+#: One event of a mailbox: where it is, the `at` of its pack, the event.
+Item = tuple[Position, int, MailboxEvent]
 
 
 def handle(
     config: PolicyConfig,
     stored: dict[str, Any] | None,
-    event: MailboxEvent,
-    now_ms: int,
+    events: Sequence[Item],
     context: PolicyContext,
 ) -> Step:
-    """Apply `event` at `now_ms` to the state `stored` (a `MailboxState.to_record()`).
+    """Apply the mailbox's `events` (in position order) that `stored` does not include.
 
-    A refused release's `release_refused` report is appended to the decisions, so
-    it is sent like any other output. The state is stored only when it changed, so
-    a mailbox never seen before is not created by a release, a tick or a late
-    verdict. A sweep tick deletes the state when rule 6 allows (`forgettable`).
+    Each event is stepped at its pack's `at`, or at the mailbox's clock (the stored
+    one, then the latest `now` used here) if that is later. A refused release's
+    `release_refused` report is sent like any other decision. The state is stored
+    only when it changed, so a mailbox never seen before is not created by a
+    release, a tick or a late verdict; a sweep tick deletes the state when rule 6
+    allows (`forgettable`). Raises ValueError when the stored state has an unknown
+    version.
     """
-    state = MailboxState.from_record(stored) if stored is not None else MailboxState()
     step = Step()
-    if isinstance(event, Verdict):
-        step.outcome, step.decisions = step_verdict(config, state, event, now_ms, context)
-        step.triggered_at_ms = event.scanned_at_ms
-    elif isinstance(event, Release):
-        step.decisions, step.refused = release(state, event, now_ms)
-        if step.refused is not None:
-            step.decisions.append(step.refused.report)
-    elif isinstance(event, ExpiryTick):
-        step.decisions = expire(state, event.key, now_ms)
-    elif isinstance(event, SweepTick):
-        step.decisions = expire(state, event.key, now_ms)
-        if stored is not None and forgettable(config, state, now_ms):
-            step.action = DELETE
-            return step
-    record = state.to_record()
-    if record != (stored if stored is not None else _FRESH):
-        step.action, step.record = STORE, record
+    done = stored_position(stored)
+    todo = [item for item in events if item[0] > done]
+    step.skipped = len(events) - len(todo)
+    if not todo:
+        return _store_again(step, stored)
+    record = None if stored is None else stored["state"]
+    clock = None if stored is None else stored.get("clock")
+    now = -1 if clock is None else int(clock)
+    state = MailboxState.from_record(record) if record is not None else MailboxState()
+    forgotten = False
+    for _, at_ms, event in todo:
+        if at_ms > now:
+            now = at_ms
+        decisions: list[Decision]
+        triggered = None
+        if isinstance(event, Verdict):
+            outcome, decisions = step_verdict(config, state, event, now, context)
+            step.outcomes.append(outcome)
+            triggered = event.scanned_at_ms
+        elif isinstance(event, Release):
+            decisions, refused = release(state, event, now)
+            if refused is not None:
+                decisions.append(refused.report)
+        elif isinstance(event, ExpiryTick):
+            decisions = expire(state, event.key, now)
+        elif isinstance(event, SweepTick):
+            decisions = expire(state, event.key, now)
+            if forgettable(config, state, now):
+                state, forgotten = MailboxState(), True
+        else:  # pragma: no cover - the union above is exhaustive
+            raise TypeError(f"not an internal event: {event!r}")
+        if decisions:
+            step.sent.append((decisions, triggered))
+    new_record = state.to_record()
+    if new_record == _FRESH and (forgotten or record is None):
+        # Never seen, or forgotten (and not seen again since): nothing to keep.
+        step.action = DELETE if stored is not None else KEEP
+        return step
+    if new_record != record:
+        step.action = STORE
+        step.value = {"state": new_record, "pos": list(todo[-1][0]), "clock": now}
+    return _store_again(step, stored)
+
+
+def _store_again(step: Step, stored: dict[str, Any] | None) -> Step:
+    """A replay that changes nothing stores the stored value again.
+
+    A worker killed after writing a state to its local store but before the
+    changelog had it restarts with the state in RocksDB and not in the changelog;
+    the replay is then skipped against the local store, and without this write the
+    changelog would lack the state for good once the pack's offset is committed
+    (a wiped store or a rebalance would bring back the older state).
+    """
+    if step.skipped and step.action == KEEP and stored is not None:
+        step.action = STORE
+        step.value = {name: value for name, value in stored.items() if name != "key"}
     return step
+
+
+def encode_stored(key: bytes, value: dict[str, Any]) -> bytes:
+    """The state table's value for `key`: a step's value (`Step.value`) with the key's
+    own bytes, as compact JSON (UTF-8, not escaped: a 4-byte character stays 4 bytes)."""
+    return orjson.dumps({"key": key.decode(), **value})

@@ -16,6 +16,9 @@ from processor.codec.wire import Codec
 from processor.policy import Block, Decision, Unblock
 from processor.stream.topics import TopicNames
 
+#: Encoded keys remembered (cleared when full).
+_KEY_CACHE = 10_000
+
 
 @dataclass(frozen=True, slots=True)
 class OutputRecord:
@@ -30,15 +33,26 @@ class Outputs:
     def __init__(self, codec: Codec, names: TopicNames) -> None:
         self._codec = codec
         self._names = names
+        # A block's command, alert and reports share their key: encoded once.
+        self._keys: dict[tuple[str, object], bytes] = {}
 
     def encode(self, decision: Decision) -> OutputRecord:
         key_name, key = records.key_of(decision)
         value_name, value = records.record_of(decision)
         return OutputRecord(
             topic=self._names.external(records.topic_of(decision)),
-            key=self._codec.encode(key_name, key),
+            key=self._key(key_name, key),
             value=self._codec.encode(value_name, value),
         )
+
+    def _key(self, name: str, key: dict[str, object]) -> bytes:
+        cache_key = (name, tuple(key.values()))
+        data = self._keys.get(cache_key)
+        if data is None:
+            if len(self._keys) >= _KEY_CACHE:
+                self._keys.clear()
+            data = self._keys[cache_key] = self._codec.encode(name, key)
+        return data
 
     def split_commands(
         self, decisions: Iterable[Decision]

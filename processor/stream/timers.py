@@ -1,9 +1,10 @@
 """Wall-clock work of the worker: expiry ticks, the eviction sweep, gauges, the edge's health.
 
 Timers never change state themselves: due blocks and forgettable states are turned
-into ticks on the internal topic, keyed by the mailbox, and the agent handles them
-in order with the mailbox's other events. A block that fell due while the worker
-was down is found by the first pass after the table is recovered.
+into ticks on the internal topic, packed per partition and stamped with the time
+of the pass (`processor.stream.packing`), and the agent handles them in order with
+the mailbox's other events. A block that fell due while the worker was down is
+found by the first pass after the table is recovered.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import faust
 
 from processor.policy import MailboxState, forgettable
 from processor.stream.edge_health import EdgeHealth
-from processor.stream.events import ExpiryTick, SweepTick, decode_key, encode_event
+from processor.stream.events import ExpiryTick, SweepTick, decode_key
+from processor.stream.packing import Packer
 from processor.stream.runtime import Runtime, wall_ms
 
 log = logging.getLogger(__name__)
@@ -45,14 +47,20 @@ def define_timers(
 ) -> None:
     topic = rt.names.mailbox_events
 
+    async def send(packer: Packer) -> None:
+        # Delivery is not awaited: a lost expiry tick is resent by `ExpiryIndex.due`,
+        # a lost sweep tick by the next sweep.
+        for pack in packer.drain(wall_ms()):
+            await app.producer.send(topic, None, pack.value, pack.partition, None, None)
+
     @app.timer(interval=expiry_interval_s, on_leader=False)  # type: ignore[untyped-decorator]
     @_guarded
     async def expire_due_blocks() -> None:
         rt.index.retain(rt.assigned_partitions())
-        for partition, key, until in rt.index.due(wall_ms()):
-            tick = ExpiryTick(decode_key(key), until)
-            # Delivery is not awaited: a lost tick is resent by `ExpiryIndex.due`.
-            await app.producer.send(topic, key, encode_event(tick), partition, None, None)
+        packer = Packer(rt.partitions)
+        for _, key, until in rt.index.due(wall_ms()):
+            packer.add(ExpiryTick(decode_key(key), until))
+        await send(packer)
 
     @app.timer(interval=1.0, on_leader=False)  # type: ignore[untyped-decorator]
     @_guarded
@@ -80,11 +88,12 @@ def define_timers(
     async def sweep_forgettable() -> None:
         now = wall_ms()
         started, sent = time.monotonic(), 0
+        packer = Packer(rt.partitions)
         for key, record in rt.stored_states():
             if record is not None and forgettable(policy, MailboxState.from_record(record), now):
-                tick = encode_event(SweepTick(decode_key(key)))
-                await app.producer.send(topic, key, tick, rt.partition_of(key), None, None)
+                packer.add(SweepTick(decode_key(key)))
                 sent += 1
+        await send(packer)
         if sent:
             log.info("rule 6 sweep: %d tick(s) in %.2fs", sent, time.monotonic() - started)
 

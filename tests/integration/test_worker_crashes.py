@@ -1,9 +1,13 @@
-"""The worker survives SIGKILL, losing a group member, and a broker restart.
+"""The worker survives SIGKILL (from outside, or from itself between sending a
+batch's decisions and storing its states), losing a group member, and a broker
+restart.
 
 Each test streams bursts for many mailboxes (paced, in real time), disturbs the
 worker mid-stream, and then checks against `simulate` for the same input:
   * every BLOCK and UNBLOCK the policy requires is on mailbox.control (same ids),
     and nothing else: no two command ids for one offense of a mailbox;
+  * a record written again under an id already written (a replay) equals the
+    first one in every field, times included, on every output topic;
   * the final table state (from the changelog) equals the engine's, apart from
     wall-clock stamps (block start, end, counts_from), which differ by latency.
 
@@ -18,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
+import re
 import subprocess
 import time
 from collections import defaultdict
@@ -38,6 +43,7 @@ from worker_support import (
     wait_for,
 )
 
+from processor import topics as contract
 from processor.local import BrokerConfig, LocalBroker
 from processor.scenario import format_timestamp
 
@@ -184,6 +190,7 @@ def check(
         if record["action"] == "BLOCK":
             ids[record["mailbox"], record["offense"]].add(record["command_id"])
     assert all(len(v) == 1 for v in ids.values()), ids
+    repeated_ids(deployment)  # asserts that every repeat is identical to its first copy
 
     expected_state = {
         (key.tenant_id, key.mailbox): stable(state.to_record())
@@ -209,6 +216,32 @@ def check(
     wait_for(
         table_matches, 20, "the table state to equal simulate's", every_s=2, diagnose=differences
     )
+
+
+#: Each output topic and the field that identifies its records (POLICY.md rule 13).
+ID_FIELDS = {
+    contract.MAILBOX_CONTROL: "command_id",
+    contract.SCAN_REQUESTS: "request_id",
+    contract.SECURITY_ALERTS: "alert_id",
+    contract.MAIL_REPORTS: "report_id",
+}
+
+
+def repeated_ids(deployment: Deployment) -> dict[str, int]:
+    """Per output topic, how many ids were written more than once (replays), after
+    asserting that every record written under one id is the same, field for field
+    (times included): a gateway that drops repeated ids keeps the first copy."""
+    repeated: dict[str, int] = {}
+    for topic, id_field in ID_FIELDS.items():
+        by_id: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for record in deployment.read(deployment.names.external(topic)):
+            by_id[record[id_field]].append(record)
+        for records in by_id.values():
+            assert all(r == records[0] for r in records), (
+                f"{topic}: one id, different records: {records}"
+            )
+        repeated[topic] = sum(1 for records in by_id.values() if len(records) > 1)
+    return repeated
 
 
 def stable(record: dict[str, Any]) -> dict[str, Any]:
@@ -237,6 +270,37 @@ def test_sigkill_mid_stream_several_times(
             worker.wait_ready()
         finish_stream(stream, [worker])
         check(stream, [worker])
+    finally:
+        worker.stop()
+
+
+@pytest.mark.parametrize("point", ["after_send", "mid_store"])
+def test_killed_between_sending_a_batch_and_storing_its_states(
+    bootstrap: str, tmp_path: Path, rng: random.Random, point: str
+) -> None:
+    # The worker kills itself (SIGKILL, processor.stream.faults) when a batch's
+    # decisions were delivered and none (after_send) or half (mid_store) of its
+    # states were stored; its supervisor starts it again. The batch is read again:
+    # the mailboxes stored are skipped, the others send the same decisions again,
+    # identical to the first copies in every field (the pack's time, not the
+    # restarted worker's clock, stamps them), and nothing is lost.
+    deployment = Deployment.create(bootstrap, tmp_path)
+    worker = deployment.worker()
+    nth = rng.randrange(1, 4)
+    worker.start(env={"SENDGUARD_FAULT": f"{point}@{nth}"})
+    try:
+        worker.wait_ready()
+        stream = start_stream(deployment, seed=rng.randrange(2**32))
+        finish_stream(stream, [worker], supervise=[worker])
+        check(stream, [worker], supervise=[worker])
+        assert worker.starts == 2, f"the fault {point}@{nth} never fired\n" + worker.log_tail()
+        repeated = repeated_ids(deployment)
+        if point == "after_send":
+            # The whole batch was sent again: its commands are on the topic twice.
+            assert repeated[contract.MAILBOX_CONTROL] >= 1, repeated
+        else:
+            replayed = re.search(r"^sendguard_events_replayed_total (\S+)$", worker.metrics(), re.M)
+            assert replayed is not None and float(replayed.group(1)) >= 1, worker.log_tail()
     finally:
         worker.stop()
 

@@ -173,7 +173,8 @@ class WorkerProcess:
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
-    def start(self) -> WorkerProcess:
+    def start(self, env: dict[str, str] | None = None) -> WorkerProcess:
+        """Start the worker; `env` is added to this start's environment only."""
         d = self.deployment
         self.starts += 1
         self.process = subprocess.Popen(
@@ -206,7 +207,7 @@ class WorkerProcess:
             stderr=subprocess.STDOUT,
             start_new_session=True,
             # Line by line: a SIGKILLed worker's last words are the ones that matter.
-            env={**d.env, **self.env, "PYTHONUNBUFFERED": "1"},
+            env={**d.env, **self.env, "PYTHONUNBUFFERED": "1", **(env or {})},
         )
         return self
 

@@ -90,8 +90,7 @@ def test_the_window_bound_is_reached() -> None:
 def test_every_record_of_the_default_policy_fits_the_producer_limit() -> None:
     sizes = {r.what: r.size for r in worst_case_sizes(PolicyConfig(), CODEC, NAMES)}
     assert set(sizes) == {
-        "internal verdict",
-        "internal release",
+        "internal pack",
         "state table",
         "Block (mailbox.control)",
         "Unblock (mailbox.control)",

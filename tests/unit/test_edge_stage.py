@@ -18,9 +18,8 @@ from processor import limits
 from processor.codec import records
 from processor.codec.errors import DecodeError
 from processor.codec.wire import Codec
-from processor.stream import edge as edge_module
 from processor.stream.edge import EdgeConfig, EdgeCounts, EdgeStage, StageFailed
-from processor.stream.events import decode_event, decode_key
+from processor.stream.events import decode_record
 
 CODEC = Codec.from_config()
 VERDICTS, SUPPORT, INTERNAL, DEAD = "mail.verdicts", "support", "internal", "dead"
@@ -117,7 +116,14 @@ class Producer:
         self.delivered: list[Produced] = []
         self.flushes = 0
 
-    def produce(self, topic: str, value: bytes, key: bytes | None, on_delivery: Any) -> None:
+    def produce(
+        self,
+        topic: str,
+        value: bytes,
+        key: bytes | None,
+        on_delivery: Any,
+        partition: int | None = None,
+    ) -> None:
         error = self.refuse(topic, key, value, self.flushes)
         if error is not None:
             raise KafkaException(error)
@@ -167,11 +173,12 @@ def stage_with(producer: Producer, consumer: Consumer | None = None) -> tuple[Ed
 
 
 def forwarded_ids(producer: Producer) -> list[str]:
+    """The message ids of the verdicts in the packs delivered to the internal topic."""
     ids = []
     for _, key, value in producer.on(INTERNAL):
-        assert key is not None
-        event = decode_event(decode_key(key), value)
-        ids.append(event.message_id)  # type: ignore[union-attr]
+        assert key is None  # packs go to a partition, not by key
+        for event in decode_record(key, value, 0).events:
+            ids.append(event.message_id)  # type: ignore[union-attr]
     return ids
 
 
@@ -258,7 +265,8 @@ def test_a_verdict_with_a_huge_message_id_still_counts_under_its_digest() -> Non
     stage, _ = stage_with(producer)
     counts = handle(stage, [Message(HUGE_ID, 8), GOOD])
     assert forwarded_ids(producer) == [records.bounded_message_id("\x01" * 170_000), "good"]
-    assert max(len(value) for _, _, value in producer.on(INTERNAL)) < 200
+    # One pack holds both events: the digest keeps it small.
+    assert max(len(value) for _, _, value in producer.on(INTERNAL)) < 500
     assert counts.qualifying == 2 and dead_letters(producer) == []
 
 
@@ -282,10 +290,17 @@ def test_a_forward_refused_at_once_as_too_large_is_dead_lettered() -> None:
 
 def test_a_produce_that_raises_anything_else_costs_only_its_record() -> None:
     class Picky(Producer):
-        def produce(self, topic: str, value: bytes, key: bytes | None, on_delivery: Any) -> None:
+        def produce(
+            self,
+            topic: str,
+            value: bytes,
+            key: bytes | None,
+            on_delivery: Any,
+            partition: int | None = None,
+        ) -> None:
             if topic == INTERNAL and b"odd" in value:
                 raise TypeError("an argument it does not take")
-            super().produce(topic, value, key, on_delivery)
+            super().produce(topic, value, key, on_delivery, partition)
 
     producer = Picky()
     stage, _ = stage_with(producer)
@@ -355,14 +370,16 @@ def test_a_dead_letter_that_cannot_be_encoded_is_counted_and_committed(
 def test_a_forward_that_cannot_be_encoded_is_dead_lettered(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    encode_event = edge_module.events.encode_event
+    from processor.stream import packing
+
+    encode_entry = packing.encode_entry
 
     def encode(event: Any) -> bytes:
         if getattr(event, "message_id", "") == "unencodable":
             raise TypeError("not JSON serialisable")
-        return encode_event(event)
+        return encode_entry(event)
 
-    monkeypatch.setattr(edge_module.events, "encode_event", encode)
+    monkeypatch.setattr(packing, "encode_entry", encode)
     producer = Producer()
     stage, _ = stage_with(producer)
     counts = handle(stage, [Message(verdict_bytes("unencodable"), 5), GOOD])

@@ -48,7 +48,14 @@ class _Producer:
         self.sent: list[tuple[str, bytes | None, bytes]] = []
         self.pending: list[Any] = []
 
-    def produce(self, topic: str, value: bytes, key: bytes | None, on_delivery: Any) -> None:
+    def produce(
+        self,
+        topic: str,
+        value: bytes,
+        key: bytes | None,
+        on_delivery: Any,
+        partition: int | None = None,
+    ) -> None:
         self.sent.append((topic, key, value))
         self.pending.append(on_delivery)
 
@@ -86,13 +93,12 @@ def test_only_signed_fresh_actions_reach_the_internal_topic() -> None:
             _Message(_action(KEYS, now - 16 * 60 * 1000), 4),  # a replay of an old one
         ]
     )
-    forwarded = [(key, value) for topic, key, value in producer.sent if topic == "internal"]
-    assert forwarded == [
-        (
-            events.encode_key(KEY),
-            events.encode_event(Release(KEY, "maria", "reimaged", now, f"act-{now}")),
-        )
+    forwarded = [
+        events.decode_record(key, value, 0).events
+        for topic, key, value in producer.sent
+        if topic == "internal"
     ]
+    assert forwarded == [[Release(KEY, "maria", "reimaged", now, f"act-{now}")]]
     dead = [CODEC.decode(value)[1] for topic, _, value in producer.sent if topic == "dead"]
     assert [(d["reason"], d["source_offset"]) for d in dead] == [
         ("unauthenticated_action", 1),

@@ -26,15 +26,19 @@ from processor.stream.edge import ConsumerFailed, EdgeConfig, EdgeCounts, EdgeSt
 from processor.stream.events import (
     EventFormatError,
     ExpiryTick,
+    MailboxEvent,
+    Pack,
     SweepTick,
-    decode_event,
     decode_key,
-    encode_event,
+    decode_record,
     encode_key,
+    murmur2,
+    partition_for,
 )
 from processor.stream.expiry import ExpiryIndex
-from processor.stream.handling import DELETE, KEEP, STORE, handle
+from processor.stream.handling import DELETE, KEEP, STORE, Step, handle, stored_position
 from processor.stream.outputs import Outputs
+from processor.stream.packing import Packer
 from processor.stream.topics import TopicNames
 from tests.unit.policy_dsl import ALICE, t, verdict
 
@@ -59,17 +63,34 @@ class Directory:
     message_id=st.text(min_size=1, max_size=40),
     at=st.integers(min_value=0, max_value=253_402_300_799_999),
 )
-def test_internal_events_round_trip(tenant: str, mailbox: str, message_id: str, at: int) -> None:
+def test_internal_events_round_trip_in_a_pack(
+    tenant: str, mailbox: str, message_id: str, at: int
+) -> None:
     key = MailboxKey.of(tenant, mailbox)
-    for event in (
+    events = [
         Verdict(key, message_id, Direction.OUTBOUND, VerdictKind.VIRUS, at),
         Release(key, "actor", "reason ✓", at),
         Release(key, "actor", "reason", at, "action-1"),
         ExpiryTick(key, at),
         SweepTick(key),
-    ):
-        assert decode_key(encode_key(key)) == key
-        assert decode_event(key, encode_event(event)) == event
+    ]
+    assert decode_key(encode_key(key)) == key
+    packer = Packer(1)
+    for event in events:
+        packer.add(event)
+    [pack] = packer.drain(at)
+    partition, value = pack.partition, pack.value
+    assert partition == 0
+    assert decode_record(None, value, 0) == Pack(at, events)
+
+
+def test_a_record_written_before_packs_is_read_with_its_record_time() -> None:
+    value = (
+        b'{"type":"verdict","message_id":"m","direction":"OUTBOUND","verdict":"SPAM",'
+        b'"scanned_at":5,"v":1}'
+    )
+    pack = decode_record(encode_key(ALICE), value, 1234)
+    assert pack == Pack(1234, [Verdict(ALICE, "m", Direction.OUTBOUND, VerdictKind.SPAM, 5)])
 
 
 @pytest.mark.parametrize(
@@ -78,16 +99,21 @@ def test_internal_events_round_trip(tenant: str, mailbox: str, message_id: str, 
         b"",
         b"not json",
         b"[]",
-        b'{"v": 2, "type": "sweep"}',
-        b'{"v": 1, "type": "nope"}',
-        b'{"v": 1, "type": "verdict", "message_id": "m"}',
-        b'{"v": 1, "type": "verdict", "message_id": "m", "direction": "UP", "verdict": "SPAM",'
-        b' "scanned_at": 1}',
+        b'{"v": 3, "at": 1, "events": []}',
+        b'{"v": 2, "events": []}',
+        b'{"v": 2, "at": "1", "events": []}',
+        b'{"v": 2, "at": 1, "events": [["t1", "a@x"]]}',
+        b'{"v": 2, "at": 1, "events": [["t1", "a@x", {"type": "nope"}]]}',
+        b'{"v": 2, "at": 1, "events": [["t1", 7, {"type": "sweep"}]]}',
+        b'{"v": 2, "at": 1, "events": [["t1", "a@x", {"type": "verdict", "message_id": "m"}]]}',
+        b'{"v": 2, "at": 1, "events": [["t1", "a@x", {"type": "verdict", "message_id": "m",'
+        b' "direction": "UP", "verdict": "SPAM", "scanned_at": 1}]]}',
+        b'{"v": 1, "type": "sweep"}',  # a version-1 record needs its key (none given)
     ],
 )
-def test_unreadable_internal_events_raise_the_format_error(data: bytes) -> None:
+def test_unreadable_internal_records_raise_the_format_error(data: bytes) -> None:
     with pytest.raises(EventFormatError):
-        decode_event(ALICE, data)
+        decode_record(None, data, 0)
 
 
 @pytest.mark.parametrize("data", [b"", b"{}", b'["only-one"]', b"[1, 2]", b"\xff"])
@@ -96,35 +122,91 @@ def test_unreadable_keys_raise_the_format_error(data: bytes) -> None:
         decode_key(data)
 
 
+@given(st.binary(max_size=300))
+def test_murmur2_is_kafkas(data: bytes) -> None:
+    from aiokafka.partitioner import murmur2 as reference
+
+    assert murmur2(data) & 0x7FFFFFFF == reference(data) & 0x7FFFFFFF
+    assert partition_for(data, 7) == (reference(data) & 0x7FFFFFFF) % 7
+
+
+# ------------------------------------------------------------- packing ---
+
+
+def test_packs_keep_each_mailboxs_order_on_its_partition_and_stay_bounded() -> None:
+    packer = Packer(4, max_events=10, max_bytes=2_000)
+    keys = [MailboxKey.of("t1", f"user{n}@x.com") for n in range(8)]
+    added = [
+        Verdict(keys[i % 8], f"m{i}-" + "x" * (i % 50), Direction.OUTBOUND, VerdictKind.SPAM, i)
+        for i in range(300)
+    ]
+    for event in added:
+        assert packer.add(event) == partition_for(encode_key(event.key), 4)
+    assert len(packer) == 300
+    records = packer.drain(77)
+    assert len(packer) == 0 and packer.drain(78) == []
+    seen: list[Verdict] = []
+    for record in records:
+        partition, pack = record.partition, decode_record(None, record.value, 0)
+        assert pack.at_ms == 77
+        assert 1 <= len(pack.events) <= 10 and len(record.value) <= 2_000
+        assert all(partition_for(encode_key(e.key), 4) == partition for e in pack.events)
+        seen += [e for e in pack.events if isinstance(e, Verdict)]
+    for key in keys:  # every event once, each mailbox's in the order added
+        assert [e for e in seen if e.key == key] == [e for e in added if e.key == key]
+
+
+def test_an_event_larger_than_a_pack_goes_alone() -> None:
+    packer = Packer(1, max_bytes=500)
+    packer.add(verdict("small", "10:00"))
+    packer.add(verdict("x" * 1_000, "10:01"))
+    packer.add(verdict("small2", "10:02"))
+    sizes = [len(decode_record(None, pack.value, 0).events) for pack in packer.drain(1)]
+    assert sizes == [1, 1, 1]
+
+
 # ------------------------------------------------------------ handling ---
+
+
+def one(
+    config: PolicyConfig,
+    stored: dict | None,
+    event: MailboxEvent,
+    now: int,
+    context: Directory | None = None,
+    offset: int = 0,
+) -> Step:
+    """`handle` of a pack holding just `event`, at `now`."""
+    return handle(config, stored, [((offset, 0), now, event)], context or Directory())
 
 
 def _burst(config: PolicyConfig, stored: dict | None = None) -> tuple[dict | None, list]:
     decisions = []
     for i in range(5):
-        step = handle(config, stored, verdict(f"m{i}", f"10:0{i}"), t(f"10:0{i}"), Directory())
+        step = one(config, stored, verdict(f"m{i}", f"10:0{i}"), t(f"10:0{i}"), offset=i)
         decisions.extend(step.decisions)
         if step.action == STORE:
-            stored = step.record
+            stored = step.value
     return stored, decisions
 
 
 def test_a_verdict_step_stores_the_new_state_and_a_clean_one_stores_nothing() -> None:
     config = PolicyConfig()
     stored, decisions = _burst(config)
-    assert stored is not None and stored["offenses"] == 1
+    assert stored is not None and stored["state"]["offenses"] == 1
+    assert stored["pos"] == [4, 0] and stored["clock"] == t("10:04")
     assert isinstance(decisions[0], Block)
-    clean = handle(config, stored, verdict("c", "10:05", kind="CLEAN"), t("10:05"), Directory())
+    clean = one(config, stored, verdict("c", "10:05", kind="CLEAN"), t("10:05"), offset=5)
     assert (clean.action, clean.decisions) == (KEEP, [])
 
 
 def test_a_release_or_tick_never_creates_state_for_an_unknown_mailbox() -> None:
     config = PolicyConfig()
-    refused = handle(config, None, Release(ALICE, "s", "r", t("10:00")), t("10:00"), Directory())
-    assert refused.action == KEEP and refused.refused is not None
+    refused = one(config, None, Release(ALICE, "s", "r", t("10:00")), t("10:00"))
+    assert refused.action == KEEP
     assert isinstance(refused.decisions[-1], Report)
     assert refused.decisions[-1].event == "release_refused"
-    tick = handle(config, None, ExpiryTick(ALICE, t("10:00")), t("10:00"), Directory())
+    tick = one(config, None, ExpiryTick(ALICE, t("10:00")), t("10:00"))
     assert (tick.action, tick.decisions) == (KEEP, [])
 
 
@@ -132,11 +214,12 @@ def test_an_expiry_tick_unblocks_at_until_even_when_late() -> None:
     config = PolicyConfig()
     stored, _ = _burst(config)
     # the worker was down: the tick is handled at 13:00, the block ended at 11:04
-    step = handle(config, stored, ExpiryTick(ALICE, t("11:04")), t("13:00"), Directory())
+    step = one(config, stored, ExpiryTick(ALICE, t("11:04")), t("13:00"), offset=5)
     unblock = step.decisions[0]
     assert isinstance(unblock, Unblock) and unblock.at_ms == t("11:04")
-    assert step.action == STORE and step.record is not None and step.record["until"] is None
-    again = handle(config, step.record, ExpiryTick(ALICE, t("11:04")), t("13:01"), Directory())
+    assert step.action == STORE and step.value is not None
+    assert step.value["state"]["until"] is None
+    again = one(config, step.value, ExpiryTick(ALICE, t("11:04")), t("13:01"), offset=6)
     assert (again.action, again.decisions) == (KEEP, [])  # a repeated tick is harmless
 
 
@@ -144,16 +227,40 @@ def test_a_sweep_deletes_only_state_that_may_be_forgotten() -> None:
     #   10:00 one stray spam; rule 6 (window 10 min, max_lateness 1 d): forgettable from
     #   +1d 10:10:00.001 on, by the same `forgettable` the engine of `simulate` uses
     config = PolicyConfig()
-    first = handle(config, None, verdict("m0", "10:00"), t("10:00"), Directory())
+    first = one(config, None, verdict("m0", "10:00"), t("10:00"))
     assert first.action == STORE
-    early = handle(config, first.record, SweepTick(ALICE), t("+1d 10:10"), Directory())
+    early = one(config, first.value, SweepTick(ALICE), t("+1d 10:10"), offset=1)
     assert early.action == KEEP
-    late = handle(config, first.record, SweepTick(ALICE), t("+1d 10:10:00.001"), Directory())
+    late = one(config, first.value, SweepTick(ALICE), t("+1d 10:10:00.001"), offset=1)
     assert late.action == DELETE
     offender, _ = _burst(config)
-    kept = handle(config, offender, SweepTick(ALICE), t("+9d 10:00"), Directory())
+    kept = one(config, offender, SweepTick(ALICE), t("+9d 10:00"), offset=5)
     assert kept.action == STORE  # the block expired on the way; the offense is kept
-    assert kept.record is not None and kept.record["offenses"] == 1
+    assert kept.value is not None and kept.value["state"]["offenses"] == 1
+
+
+def test_a_mailboxs_events_in_one_pack_equal_the_same_events_one_by_one() -> None:
+    config = PolicyConfig()
+    directory = Directory({ALICE: DirectoryEntry(ALICE, "u1", ("d1",), t("09:00"))})
+    events: list[MailboxEvent] = [verdict(f"m{i}", f"10:00:0{i}") for i in range(7)]
+    events += [Release(ALICE, "s", "early", t("10:00:08")), ExpiryTick(ALICE, t("10:00:09"))]
+    at = t("10:00:10")
+    packed = handle(config, None, [((3, i), at, e) for i, e in enumerate(events)], directory)
+    stored: dict | None = None
+    singly: list = []
+    for i, event in enumerate(events):
+        step = handle(config, stored, [((3, i), at, event)], directory)
+        singly += step.decisions
+        stored = step.value if step.action == STORE else stored
+    assert packed.decisions == singly
+    assert [type(d).__name__ for d in packed.decisions][:1] == ["Block"]
+    assert packed.value is not None and stored is not None
+    assert packed.value["state"] == stored["state"]
+    # The refused release and the early tick changed nothing: the position stored is
+    # the last event's anyway, as the whole pack is in the state.
+    assert packed.value["pos"] == [3, len(events) - 1]
+    # The block's latency is measured from the verdict that triggered it.
+    assert packed.sent[0][1] == t("10:00:04")
 
 
 def test_a_backlogged_verdict_completes_a_window_the_sweep_kept() -> None:
@@ -162,20 +269,50 @@ def test_a_backlogged_verdict_completes_a_window_the_sweep_kept() -> None:
     config = PolicyConfig()
     stored = None
     for i in range(4):
-        step = handle(config, stored, verdict(f"m{i}", f"10:0{i}"), t(f"10:0{i}"), Directory())
-        stored = step.record
-    assert handle(config, stored, SweepTick(ALICE), t("10:45"), Directory()).action == KEEP
-    step = handle(config, stored, verdict("backlog", "10:04"), t("10:45"), Directory())
+        step = one(config, stored, verdict(f"m{i}", f"10:0{i}"), t(f"10:0{i}"), offset=i)
+        stored = step.value
+    assert one(config, stored, SweepTick(ALICE), t("10:45"), offset=4).action == KEEP
+    step = one(config, stored, verdict("backlog", "10:04"), t("10:45"), offset=5)
     assert isinstance(step.decisions[0], Block) and step.decisions[0].at_ms == t("10:45")
 
 
 def test_a_late_verdict_of_an_unknown_mailbox_stores_nothing() -> None:
     config = PolicyConfig()
-    step = handle(config, None, verdict("old", "10:00"), t("+1d 10:00:00.001"), Directory())
-    assert (step.outcome, step.action, step.decisions) == (Outcome.LATE, KEEP, [])
+    step = one(config, None, verdict("old", "10:00"), t("+1d 10:00:00.001"))
+    assert (step.outcomes, step.action, step.decisions) == ([Outcome.LATE], KEEP, [])
 
 
 # ------------------------------------------------------------- replays ---
+
+
+def test_a_replayed_pack_skips_what_the_stored_state_includes_and_repeats_the_rest() -> None:
+    # A pack at offset 9: alice's 5th spam (-> BLOCK) and bob's 5th spam (-> BLOCK).
+    # The worker stored alice's state, then was killed before bob's. Read again
+    # after the restart at a later wall clock, the pack is stepped at its own
+    # `at`: alice's event is skipped (her state is stored again, for the
+    # changelog) and bob's BLOCK comes out identical, times included.
+    config = PolicyConfig(threshold=2)
+    bob = MailboxKey.of("t1", "bob@example.com")
+    at = t("10:00")
+    first: dict[MailboxKey, dict] = {}
+    for key in (ALICE, bob):
+        v = verdict("a", "09:59:58", mailbox=key.mailbox)
+        first[key] = handle(config, None, [((8, 0), at - 5, v)], Directory()).value or {}
+    pack = [
+        ((9, 0), at, verdict("b", "09:59:59", mailbox="alice@example.com")),
+        ((9, 1), at, verdict("b", "09:59:59", mailbox="bob@example.com")),
+    ]
+    steps = {
+        key: handle(config, first[key], [p], Directory())
+        for key, p in zip((ALICE, bob), pack, strict=True)
+    }
+    assert all(isinstance(s.decisions[0], Block) for s in steps.values())
+    stored_alice = steps[ALICE].value
+    replay_alice = handle(config, stored_alice, [pack[0]], Directory())
+    assert replay_alice.skipped == 1 and replay_alice.decisions == []
+    assert replay_alice.action == STORE and replay_alice.value == stored_alice
+    replay_bob = handle(config, first[bob], [pack[1]], Directory())
+    assert replay_bob.decisions == steps[bob].decisions  # every field, at and until too
 
 
 def test_a_replayed_event_the_stored_state_includes_is_skipped() -> None:
@@ -183,50 +320,77 @@ def test_a_replayed_event_the_stored_state_includes_is_skipped() -> None:
     # 11:03        a verdict stamped 11:05 (scanner clock ahead,
     #              within the 5-minute allowance): ignored, blocked   (offset 5)
     # 11:04        expiry tick -> UNBLOCK, state stored              (offset 6)
-    # crash before the offsets were committed: 5 and 6 are read again at 11:10.
+    # crash before the offsets were committed: 5 and 6 are read again.
     # Applied again, the 11:05 verdict would now count (the block is over in the
     # stored state): a different state than the run without the crash.
     from prometheus_client import CollectorRegistry
 
     from processor.ops.metrics import Metrics
     from processor.stream.lookups import Lookups
-    from processor.stream.runtime import Runtime
+    from processor.stream.runtime import Record, Runtime
 
     metrics = Metrics(CollectorRegistry())
+    table: dict[bytes, bytes] = {}
     rt = Runtime(
         app=None,
-        table={},
+        table=table,
         policy=PolicyConfig(),
         names=TopicNames(),
-        partitions=4,
-        outputs=None,
+        partitions=1,
+        outputs=None,  # type: ignore[arg-type]
         lookups=Lookups(),
         metrics=metrics,
     )
     key = encode_key(ALICE)
-    events = [(verdict(f"m{i}", f"10:0{i}"), t(f"10:0{i}")) for i in range(5)]
+    events: list[tuple[MailboxEvent, int]] = [
+        (verdict(f"m{i}", f"10:0{i}"), t(f"10:0{i}")) for i in range(5)
+    ]
     events += [
         (verdict("skewed", "11:05"), t("11:03")),
         (ExpiryTick(ALICE, t("11:04")), t("11:04")),
     ]
     kinds = []
     for offset, (event, now) in enumerate(events):
-        step = rt.step(key, 0, offset, event, now)
-        assert step is not None
-        kinds += [type(d).__name__ for d in step.decisions]
-        rt.store(key, 0, offset, step)
+        [mailbox] = rt.step([Record(None, 0, offset, Pack(now, [event]))])
+        assert mailbox.key == key
+        kinds += [type(d).__name__ for d in mailbox.step.decisions]
+        rt.store(0, key, mailbox.step)
     assert kinds.count("Block") == 1 and kinds.count("Unblock") == 1
-    after_first_run = dict(rt.table[key])
+    after_first_run = table[key]
 
     for offset in (5, 6):
-        event, _ = events[offset]
-        assert rt.step(key, 0, offset, event, t("11:10")) is None
-    assert rt.table[key] == after_first_run
-    assert after_first_run["state"]["window"] == []
+        event, now = events[offset]
+        [mailbox] = rt.step([Record(None, 0, offset, Pack(t("11:10"), [event]))])
+        assert mailbox.step.decisions == [] and mailbox.step.skipped == 1
+        rt.store(0, key, mailbox.step)
+    assert table[key] == after_first_run
+    assert rt.load(key) is not None and rt.load(key)["window"] == []  # type: ignore[index]
     replayed = metrics.registry.get_sample_value("sendguard_events_replayed_total")
     assert replayed == 2
     # The next new event is handled as usual.
-    assert rt.step(key, 0, 7, verdict("next", "11:11"), t("11:11")) is not None
+    [mailbox] = rt.step([Record(None, 0, 7, Pack(t("11:11"), [verdict("next", "11:11")]))])
+    assert mailbox.step.skipped == 0 and mailbox.step.action == STORE
+
+
+def test_a_state_written_before_packs_counts_as_including_its_record() -> None:
+    config = PolicyConfig()
+    stored, _ = _burst(config)
+    assert stored is not None
+    old = {"key": "k", "state": stored["state"], "offset": 4}
+    assert stored_position(old) == (4, 0)
+    assert one(config, old, verdict("m4", "10:04"), t("10:05"), offset=4).skipped == 1
+    assert one(config, old, verdict("m5", "10:05"), t("10:05"), offset=5).skipped == 0
+
+
+def test_a_pack_stamped_behind_the_mailboxs_clock_is_stepped_at_the_clock() -> None:
+    # Two writers whose clocks disagree: a pack stamped 10:00 after one stamped
+    # 10:05 must not move the mailbox's time back (a BLOCK before an UNBLOCK).
+    config = PolicyConfig()
+    stored, _ = _burst(config)
+    assert stored is not None
+    later = dict(stored, clock=t("10:30"))
+    step = one(config, later, verdict("m9", "10:09"), t("10:10"), offset=9)
+    assert step.value is not None and step.value["clock"] == t("10:30")
 
 
 # -------------------------------------------------------------- expiry ---
@@ -258,10 +422,10 @@ def test_decisions_become_avro_records_on_their_topics_commands_first() -> None:
     decisions = []
     stored = None
     for i in range(5):
-        step = handle(
-            PolicyConfig(), stored, verdict(f"m{i}", f"10:0{i}"), t(f"10:0{i}"), directory
+        step = one(
+            PolicyConfig(), stored, verdict(f"m{i}", f"10:0{i}"), t(f"10:0{i}"), directory, i
         )
-        stored = step.record or stored
+        stored = step.value or stored
         decisions.extend(step.decisions)
     commands, rest = outputs.split_commands(decisions)
     assert [r.topic for r in commands] == ["x.mailbox.control"]
@@ -374,4 +538,56 @@ def test_a_state_recovered_from_the_changelog_is_found_under_the_agents_key() ->
     )
     event = asyncio.run(table.changelog_topic.decode(message))
     table.apply_changelog_batch([event])
-    assert table.get(key) == {"key": key.decode(), "state": {"v": 1}}
+    assert table.get(key) == value  # JSON bytes, decoded by the runtime
+
+
+def test_a_partition_scope_makes_faust_see_the_named_event() -> None:
+    # Faust's RocksDB store picks the database of a read or write from
+    # faust.streams.current_event(); the agent names the record of each mailbox's
+    # partition through PartitionScope. If Faust stops reading that variable, this fails.
+    import inspect
+
+    import faust.stores.rocksdb
+    from faust.streams import current_event
+
+    from processor.stream.tables import PartitionScope
+
+    class _Event:  # what the store reads: event.message.partition
+        class message:
+            partition = 3
+
+    event, other = _Event(), _Event()
+    assert "current_event()" in inspect.getsource(faust.stores.rocksdb.Store._set)
+    assert faust.stores.rocksdb.current_event is current_event
+    scope = PartitionScope()
+    assert current_event() is None
+    scope.enter(event)
+    assert current_event() is event
+    scope.enter(other)
+    assert current_event() is other
+    scope.close()
+    assert current_event() is None
+
+
+def test_a_mailbox_whose_stored_value_cannot_be_read_does_not_fail_the_batch() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from processor.ops.metrics import Metrics
+    from processor.stream.lookups import Lookups
+    from processor.stream.runtime import Record, Runtime
+
+    bob = MailboxKey.of("t1", "bob@example.com")
+    table = {encode_key(ALICE): b'{"key": "x", "state": {"v": 99}}'}
+    rt = Runtime(
+        app=None,
+        table=table,
+        policy=PolicyConfig(),
+        names=TopicNames(),
+        partitions=1,
+        outputs=None,  # type: ignore[arg-type]
+        lookups=Lookups(),
+        metrics=Metrics(CollectorRegistry()),
+    )
+    pack = Pack(t("10:00"), [verdict("a", "10:00"), verdict("b", "10:00", mailbox=bob.mailbox)])
+    [mailbox] = rt.step([Record(None, 0, 0, pack)])
+    assert mailbox.key == encode_key(bob) and mailbox.step.action == STORE
