@@ -196,11 +196,20 @@ def release(
     `released` report with the actor and reason, offenses reset to 0, and only
     verdicts with `scanned_at >= now_ms` count afterwards. Otherwise the release
     is refused: the reason, and a `release_refused` report for the audit trail.
+    A release requested before the permanent block in force started is refused too
+    (docs/policy.md, "Choices"): it was meant for an earlier block, so a request
+    replayed or delayed can never lift a later one.
     """
     key = request.key
     decisions = expire(state, key, now_ms)
-    if not state.permanent:
-        if state.blocked_until_ms is not None:
+    started = state.blocked_at_ms
+    if not state.permanent or (started is not None and request.at_ms < started):
+        if state.permanent:
+            reason = (
+                f"{key.mailbox} was blocked permanently after this release was requested; "
+                "a release is for the block in force when it is asked for"
+            )
+        elif state.blocked_until_ms is not None:
             reason = (
                 f"{key.mailbox} has a timed block (offense {state.offenses}) that ends by "
                 "itself at its end time and cannot be shortened; only permanent blocks "

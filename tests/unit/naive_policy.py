@@ -154,7 +154,8 @@ class NaivePolicy:
         out = self._advance(at)
         key = (tenant, normalise(mailbox))
         m = self.mailboxes.get(key)
-        if m is None or not m.permanent:
+        # A release asked for before the permanent block started was meant for an earlier one.
+        if m is None or not m.permanent or (m.block_at is not None and at < m.block_at):
             return out, True
         assert self.now is not None
         out.append(("unblock", key, self.now, m.block_offense, "released"))

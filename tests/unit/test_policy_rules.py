@@ -487,6 +487,18 @@ def test_rule10_release_of_a_mailbox_that_is_not_blocked_is_refused() -> None:
     assert run.decisions == []
 
 
+def test_rule10_a_release_requested_before_the_block_started_is_refused() -> None:
+    #   10:00-10:04 spam ─► permanent BLOCK at 10:04 (permanent on the 1st offense)
+    #   a release asked for at 10:02 arrives after it (delayed, or replayed): refused,
+    #   it was meant for an earlier block; one asked for at 10:30 releases
+    run = Run(PolicyConfig(permanent_on_offense=1)).spam("10:00 10:01 10:02 10:03 10:04")
+    run.release("10:02")
+    assert run.unblocks() == []
+    assert "after this release was requested" in run.refusals[0]
+    run.release("10:30")
+    assert run.unblocks() == [(1, t("10:30"), "released")]
+
+
 def test_rule11_every_block_in_order_block_scans_alert_report() -> None:
     run = Run().directory("u-alice", ["laptop-1", "phone-2"], "09:00")
     run.spam("10:00 10:01 10:02 10:03 10:04")
