@@ -175,6 +175,14 @@ async def _read_body(request: Any) -> bytes:
     return bytes(body)
 
 
+@dataclass(frozen=True)
+class Admitted:
+    """A request whose caller holds the role it needs, with the body it was signed over."""
+
+    caller: Caller
+    body: bytes
+
+
 def _too_large() -> Any:
     return _json(413, {"error": f"the body is larger than {MAX_BODY} bytes"})
 
@@ -190,6 +198,18 @@ class WorkerWeb:
         self.audit = ReleaseAudit(self._write_attempt, ctx.rt.metrics)
 
     # -- authentication ----------------------------------------------------------------
+
+    async def admitted(self, request: Any, role: Role) -> Admitted | Any:
+        """The request's body and its authenticated caller, or the answer refusing it
+        (413 for a body over MAX_BODY, 401/403 for a caller without the role)."""
+        try:
+            body = await _read_body(request)
+        except BodyTooLarge:
+            return _too_large()
+        caller = self.caller(request, role, body)
+        if isinstance(caller, Denied):
+            return _denied(caller)
+        return Admitted(caller, body)
 
     def caller(self, request: Any, role: Role, body: bytes = b"") -> Caller | Denied:
         presented = Presented(
@@ -262,13 +282,10 @@ class WorkerWeb:
         return aioweb.Response(body=self.rt.metrics.render(), content_type=content_type)
 
     async def mailbox(self, request: Any, tenant: str, mailbox: str) -> Any:
-        try:
-            body = await _read_body(request)
-        except BodyTooLarge:
-            return _too_large()
-        caller = self.caller(request, "admin", body)
-        if isinstance(caller, Denied):
-            return _denied(caller)
+        admitted = await self.admitted(request, "admin")
+        if not isinstance(admitted, Admitted):
+            return admitted
+        caller = admitted.caller
         problem = path_problem(tenant, mailbox)
         if problem is not None:
             return _json(400, {"error": problem})
@@ -290,13 +307,10 @@ class WorkerWeb:
         return await self.routed(request, key_bytes, local, OnBehalfOf("admin"))
 
     async def blocks(self, request: Any) -> Any:
-        try:
-            body = await _read_body(request)
-        except BodyTooLarge:
-            return _too_large()
-        caller = self.caller(request, "admin", body)
-        if isinstance(caller, Denied):
-            return _denied(caller)
+        admitted = await self.admitted(request, "admin")
+        if not isinstance(admitted, Admitted):
+            return admitted
+        caller = admitted.caller
         tenant = request.query.get("tenant") or None
         if caller.via_peer:  # another worker gathers; answer for this one only
             return _json(200, {"tenant_id": tenant, "blocks": self.local_blocks(tenant)})
@@ -322,13 +336,10 @@ class WorkerWeb:
 
     async def _release(self, request: Any, tenant: str, mailbox: str, attempt: _Attempt) -> Any:
         """The answer to a release request; fills in `attempt` as it learns who and why."""
-        try:
-            body = await _read_body(request)
-        except BodyTooLarge:
-            return _too_large()
-        caller = self.caller(request, "support", body)
-        if isinstance(caller, Denied):
-            return _denied(caller)
+        admitted = await self.admitted(request, "support")
+        if not isinstance(admitted, Admitted):
+            return admitted
+        caller, body = admitted.caller, admitted.body
         attempt.via_peer, attempt.actor = caller.via_peer, caller.actor
         if caller.via_peer:  # the first worker's id, so its audit names this action
             attempt.attempt_id = caller.attempt_id or attempt.attempt_id
