@@ -41,13 +41,31 @@ def tenants_file(workdir: Path) -> Path:
 
 
 class ServiceProcess:
-    """One sendguard subcommand in a session of its own; stderr (its JSON log lines) to
-    `<workdir>/<name>.log`, stdout to `<workdir>/<name>.out`."""
+    """One sendguard subcommand in a session of its own, on the broker at `bootstrap`
+    with topics under `prefix` and the tenant map `tenants` (TENANTS_YAML by default);
+    stderr (its JSON log lines) to `<workdir>/<name>.log`, stdout to
+    `<workdir>/<name>.out`. `extra` arguments go at the end of its command line."""
 
-    def __init__(self, workdir: Path, name: str) -> None:
-        self.name = name
-        self.log = workdir / f"{name}.log"
-        self.out = workdir / f"{name}.out"
+    #: The name of its log files unless the caller gives one.
+    NAME = "service"
+
+    def __init__(
+        self,
+        bootstrap: str,
+        prefix: str,
+        workdir: Path,
+        *extra: str,
+        name: str | None = None,
+        tenants: Path | None = None,
+    ) -> None:
+        self.name = name or self.NAME
+        self.log = workdir / f"{self.name}.log"
+        self.out = workdir / f"{self.name}.out"
+        self.bootstrap = bootstrap
+        self.prefix = prefix
+        self.tenants = tenants if tenants is not None else tenants_file(workdir)
+        self.extra = extra
+        self.port = 0
         self.web_port = 0
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -98,22 +116,20 @@ class IngestProcess(ServiceProcess):
     """`sendguard ingest` on free loopback ports (chosen here, so `url` is known before
     it starts: rspamd's configuration names it)."""
 
+    NAME = "ingest"
+
     def __init__(
         self,
         bootstrap: str,
         prefix: str,
         workdir: Path,
         *extra: str,
-        name: str = "ingest",
+        name: str | None = None,
         tenants: Path | None = None,
     ) -> None:
-        super().__init__(workdir, name)
-        self.bootstrap = bootstrap
-        self.prefix = prefix
-        self.tenants = tenants if tenants is not None else tenants_file(workdir)
+        super().__init__(bootstrap, prefix, workdir, *extra, name=name, tenants=tenants)
         self.port = free_port()
         self.web_port = free_port()
-        self.extra = extra
 
     @property
     def url(self) -> str:
@@ -158,21 +174,7 @@ class GatewayProcess(ServiceProcess):
 
     SERVING = "gateway serving policy requests on "
 
-    def __init__(
-        self,
-        bootstrap: str,
-        prefix: str,
-        workdir: Path,
-        *extra: str,
-        name: str = "gateway",
-        tenants: Path | None = None,
-    ) -> None:
-        super().__init__(workdir, name)
-        self.bootstrap = bootstrap
-        self.prefix = prefix
-        self.tenants = tenants if tenants is not None else tenants_file(workdir)
-        self.extra = extra
-        self.port = 0
+    NAME = "gateway"
 
     def launch(self) -> GatewayProcess:
         """Starts it without waiting; `wait_serving` waits."""
