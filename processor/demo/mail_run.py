@@ -59,6 +59,7 @@ from processor.demo.run import (
     create_topics,
     launch_worker,
     local_broker,
+    undo_all,
 )
 from processor.demo.show import Console, DemoRecords, Watcher, describe_record
 from processor.local.errors import ServiceStartError
@@ -153,12 +154,7 @@ def run_mail_demo(options: DemoOptions, out: TextIO, *, color: bool = False) -> 
         print_mail_summary(console, result, color)
         return result
     finally:
-        for undo in reversed(cleanup):
-            try:
-                undo()
-            except Exception as error:  # keep undoing the rest
-                console.line(f"cleanup: {error}", fg="red")
-        console.line("stopped everything the demo started")
+        undo_all(cleanup, console)
 
 
 def _by_label(service: Any, name: str) -> dict[str, float]:

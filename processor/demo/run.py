@@ -57,6 +57,17 @@ class DemoOptions:
 Cleanup = list[Callable[[], object]]
 
 
+def undo_all(cleanup: Cleanup, console: Console) -> None:
+    """Undoes what the demo started, newest first; an undo that fails is reported and
+    the rest still run."""
+    for undo in reversed(cleanup):
+        try:
+            undo()
+        except Exception as error:  # keep undoing the rest
+            console.line(f"cleanup: {error}", fg="red")
+    console.line("stopped everything the demo started")
+
+
 def run_demo(
     options: DemoOptions,
     out: TextIO,
@@ -110,12 +121,7 @@ def run_demo(
         print_summary(console, summary, metrics, color)
         return DemoResult(records, summary, metrics, time.monotonic() - started)
     finally:
-        for undo in reversed(cleanup):
-            try:
-                undo()
-            except Exception as error:  # keep undoing the rest
-                console.line(f"cleanup: {error}", fg="red")
-        console.line("stopped everything the demo started")
+        undo_all(cleanup, console)
 
 
 @dataclass(frozen=True)
