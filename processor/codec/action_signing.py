@@ -15,27 +15,20 @@ encoding unambiguous (no two records share bytes by moving text between
 fields); the type tag tells null from "" and a number from its digits. A field
 added to the schema must be added to `SIGNED_FIELDS` (a unit test compares them).
 
-Keys rotate without downtime: `ActionKeys` holds several keys, all of which
-verify, and signs with the first. To rotate, add the new key after the old on
-every worker, restart; move it first, restart; drop the old one once no action
+Keys rotate as `processor.codec.signing_keys` says; drop an old key once no action
 signed by it can still be in flight (after `MAX_AGE_MS`).
-Key text: `id:secret` entries, separated by commas or new lines (`#` starts a
-comment); ids are `[A-Za-z0-9._-]{1,64}`, secrets must be strong
-(`processor.credentials`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import re
 from collections.abc import Mapping
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from processor.codec.errors import DecodeError
-from processor.credentials import CredentialError, read_secret, require_strong
+from processor.codec.signing_keys import SigningKeys
+from processor.credentials import CredentialError
 
 KEYS_ENV = "SENDGUARD_ACTION_KEYS"
 KEYS_FILE_ENV = "SENDGUARD_ACTION_KEYS_FILE"
@@ -59,7 +52,6 @@ _CONTEXT = b"sendguard SupportAction signature v1"
 MAX_AGE_MS = 15 * 60 * 1000
 #: ... and one this far ahead of the verifier's clock (skew between hosts).
 MAX_SKEW_MS = 5 * 60 * 1000
-_KEY_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 def _length_prefixed(data: bytes) -> bytes:
@@ -101,58 +93,11 @@ def _unauthenticated(detail: str) -> DecodeError:
     return DecodeError("unauthenticated_action", detail)
 
 
-@dataclass(frozen=True, slots=True)
-class ActionKeys:
-    """Signing keys by id: every key verifies, the first one signs. Empty: nothing
-    can be signed and every action fails verification."""
+class ActionKeys(SigningKeys):
+    """The keys that sign support actions (`SENDGUARD_ACTION_KEYS`)."""
 
-    keys: tuple[tuple[str, bytes], ...] = ()
-
-    def __post_init__(self) -> None:
-        ids = [key_id for key_id, _ in self.keys]
-        if len(set(ids)) != len(ids):
-            raise CredentialError("action keys: the same key id twice")
-
-    def __bool__(self) -> bool:
-        return bool(self.keys)
-
-    def __repr__(self) -> str:  # never the secrets, in a log or a traceback
-        return f"ActionKeys(ids={[key_id for key_id, _ in self.keys]})"
-
-    @property
-    def signing_id(self) -> str | None:
-        return self.keys[0][0] if self.keys else None
-
-    @classmethod
-    def parse(cls, text: str, source: str = KEYS_ENV) -> ActionKeys:
-        """Keys from `id:secret` entries (commas or new lines between them, `#` comments).
-        Raises CredentialError naming `source` and the entry."""
-        keys = []
-        for line in text.splitlines():
-            for entry in line.split("#", 1)[0].split(","):
-                entry = entry.strip()
-                if not entry:
-                    continue
-                key_id, colon, secret = entry.partition(":")
-                if not colon or not _KEY_ID.fullmatch(key_id):
-                    raise CredentialError(
-                        f"{source}: expected id:secret with an id of letters, digits, "
-                        f"'.', '_' or '-' (at most 64), got an entry starting {entry[:8]!r}"
-                    )
-                require_strong(f"{source}: the secret of key {key_id!r}", secret)
-                keys.append((key_id, secret.encode()))
-        if not keys:
-            raise CredentialError(f"{source}: no keys")
-        return cls(tuple(keys))
-
-    @classmethod
-    def from_options(cls, inline: str | None, file: Path | None) -> ActionKeys:
-        """The keys of `--action-keys` or `--action-keys-file`, or none when neither is
-        set. Raises CredentialError (both set, unreadable, malformed, weak)."""
-        text = read_secret(inline, file, KEYS_ENV, KEYS_FILE_ENV)
-        if text is None:
-            return cls()
-        return cls.parse(text, KEYS_FILE_ENV if file is not None else KEYS_ENV)
+    ENV = KEYS_ENV
+    FILE_ENV = KEYS_FILE_ENV
 
     def sign(self, record: Mapping[str, Any]) -> dict[str, Any]:
         """A copy of the SupportAction `record` with `key_id` and `signature` set by the
@@ -172,7 +117,7 @@ class ActionKeys:
         key_id = record.get("key_id")
         if signature is None or key_id is None:
             raise _unauthenticated("the action is not signed")
-        secret = dict(self.keys).get(key_id) if isinstance(key_id, str) else None
+        secret = self.secret(key_id)
         if secret is None:
             raise _unauthenticated(f"signed by an unknown key id {str(key_id)[:64]!r}")
         try:
