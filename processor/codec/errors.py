@@ -13,6 +13,7 @@ DecodeReason = Literal[
     "wrong_schema",
     "invalid_record",
     "unauthenticated_action",
+    "unauthenticated_command",
     "field_too_long",
     "record_too_large",
 ]

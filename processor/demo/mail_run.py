@@ -117,7 +117,7 @@ def run_mail_demo(options: DemoOptions, out: TextIO, *, color: bool = False) -> 
         console.line(f"worker: starting (policy: {POLICY_WORDS})")
         workdir = Path(tempfile.mkdtemp(prefix="sendguard-maildemo-"))
         cleanup.append(lambda: shutil.rmtree(workdir, ignore_errors=True))
-        services = MailServices(bootstrap, names.prefix, workdir)
+        services = MailServices(bootstrap, names.prefix, workdir, tokens.control_keys)
         cleanup.append(services.stop)
         try:
             services.start(progress=console.line)

@@ -127,11 +127,13 @@ def run_demo(
 @dataclass(frozen=True)
 class DemoTokens:
     """Made up for this run: the worker's admin token, a support token for each person
-    of the scenario, and the key that signs support actions."""
+    of the scenario, the key that signs support actions and the one that signs the
+    worker's commands (which the mail demo's gateway checks)."""
 
     admin: str
     support: dict[str, str]
     action_key: str
+    control_key: str
 
     @classmethod
     def make(cls) -> DemoTokens:
@@ -140,7 +142,13 @@ class DemoTokens:
             secrets.token_urlsafe(32),
             {actor: secrets.token_urlsafe(32) for actor in actors},
             secrets.token_urlsafe(32),
+            secrets.token_urlsafe(32),
         )
+
+    @property
+    def control_keys(self) -> str:
+        """SENDGUARD_CONTROL_KEYS of the demo's worker and gateway."""
+        return f"demo:{self.control_key}"
 
     def token_file(self) -> str:
         """The worker's support token file: hashes and names, never the tokens."""
@@ -229,8 +237,14 @@ def launch_worker(
         "SENDGUARD_SUPPORT_TOKENS_FILE": str(token_file),
         # The worker signs the releases it sends with this key and verifies them.
         "SENDGUARD_ACTION_KEYS": f"demo:{tokens.action_key}",
+        # ... and signs its BLOCK/UNBLOCK commands, which the mail demo's gateway checks.
+        "SENDGUARD_CONTROL_KEYS": tokens.control_keys,
     }
-    for own in ("SENDGUARD_ACTION_KEYS_FILE", "SENDGUARD_ADVERTISED_URL"):
+    for own in (
+        "SENDGUARD_ACTION_KEYS_FILE",
+        "SENDGUARD_CONTROL_KEYS_FILE",
+        "SENDGUARD_ADVERTISED_URL",
+    ):
         env.pop(own, None)  # the demo's worker is configured here, not by the shell
     # fmt: off
     command = [

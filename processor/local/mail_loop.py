@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from processor.codec.command_signing import KEYS_ENV as CONTROL_KEYS_ENV
 from processor.local.mailstack import SPAM_MARKER, Postfix, Rspamd
 from processor.local.sendguard_services import GatewayProcess, IngestProcess, tenants_file
 
@@ -22,12 +23,17 @@ class MailServices:
     """sendguard ingest, rspamd (exporting to it), sendguard gateway, and Postfix (rspamd
     as its milter, the gateway as its policy service), under `workdir`."""
 
-    def __init__(self, bootstrap: str, prefix: str, workdir: Path) -> None:
+    def __init__(
+        self, bootstrap: str, prefix: str, workdir: Path, control_keys: str | None = None
+    ) -> None:
+        """`control_keys` (`id:secret`, the worker's SENDGUARD_CONTROL_KEYS): the gateway
+        enforces only commands they signed. None: it enforces every command."""
         workdir.mkdir(parents=True, exist_ok=True)
         tenants = tenants_file(workdir)
         self.ingest = IngestProcess(bootstrap, prefix, workdir, tenants=tenants)
         self.rspamd = Rspamd(workdir / "rspamd", self.ingest.url)
-        self.gateway = GatewayProcess(bootstrap, prefix, workdir, tenants=tenants)
+        keys = {CONTROL_KEYS_ENV: control_keys} if control_keys else None
+        self.gateway = GatewayProcess(bootstrap, prefix, workdir, tenants=tenants, env=keys)
         self.postfix: Postfix | None = None  # made once the gateway's port is known
 
     @property

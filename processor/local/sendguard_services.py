@@ -44,7 +44,8 @@ class ServiceProcess:
     """One sendguard subcommand in a session of its own, on the broker at `bootstrap`
     with topics under `prefix` and the tenant map `tenants` (TENANTS_YAML by default);
     stderr (its JSON log lines) to `<workdir>/<name>.log`, stdout to
-    `<workdir>/<name>.out`. `extra` arguments go at the end of its command line."""
+    `<workdir>/<name>.out`. `extra` arguments go at the end of its command line, `env`
+    into its environment."""
 
     #: The name of its log files unless the caller gives one.
     NAME = "service"
@@ -57,8 +58,10 @@ class ServiceProcess:
         *extra: str,
         name: str | None = None,
         tenants: Path | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.name = name or self.NAME
+        self.env = env or {}
         self.log = workdir / f"{self.name}.log"
         self.out = workdir / f"{self.name}.out"
         self.bootstrap = bootstrap
@@ -77,7 +80,7 @@ class ServiceProcess:
                 stderr=log,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                env={**os.environ, **self.env, "PYTHONUNBUFFERED": "1"},
             )
 
     def _check_running(self) -> None:
@@ -126,8 +129,9 @@ class IngestProcess(ServiceProcess):
         *extra: str,
         name: str | None = None,
         tenants: Path | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
-        super().__init__(bootstrap, prefix, workdir, *extra, name=name, tenants=tenants)
+        super().__init__(bootstrap, prefix, workdir, *extra, name=name, tenants=tenants, env=env)
         self.port = free_port()
         self.web_port = free_port()
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from processor.codec.command_signing import CommandKeys
 from processor.codec.wire import CodecConfig
 from processor.mail.policy_answers import AnswerConfig
 from processor.mail.policy_server import ServerLimits
@@ -55,6 +56,8 @@ class GatewaySettings:
     use_directory: bool = True
     answers: AnswerConfig = field(default_factory=AnswerConfig)
     limits: ServerLimits = field(default_factory=ServerLimits)
+    #: Enforce only commands signed by one of these keys (none: every command).
+    control_keys: CommandKeys = field(default_factory=CommandKeys)
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -118,6 +121,7 @@ async def serve(settings: GatewaySettings, stop: asyncio.Event | None = None) ->
             "stale_after_seconds": state.stale_after_s,
             "stale": stale,
             "when_stale": settings.answers.when_stale,
+            "commands_authenticated": bool(settings.control_keys),
             "mailboxes_known": len(state.blocklist),
             "blocked": {"timed": timed, "permanent": permanent},
             "directory_entries": state.directory.entries,
@@ -149,8 +153,19 @@ async def serve(settings: GatewaySettings, stop: asyncio.Event | None = None) ->
         # From the follower thread: the state is touched on the loop only.
         loop.call_soon_threadsafe(apply, updates, caught_up_at)
 
+    if not settings.control_keys:
+        log.warning(
+            "no control keys (SENDGUARD_CONTROL_KEYS): every command on %s is enforced, "
+            "signed or not; anyone who can write that topic can unblock a mailbox here",
+            settings.names.control,
+        )
     follower = StateFollower(
-        settings.connection.confluent(), codec, topics, deliver, metrics.undecodable
+        settings.connection.confluent(),
+        codec,
+        topics,
+        deliver,
+        metrics.undecodable,
+        settings.control_keys,
     )
     follower.start()
     try:

@@ -30,6 +30,7 @@ from processor.stream.connection import (
     schema_registry_option,
     topic_prefix_option,
 )
+from processor.stream.secret_options import control_keys_from, control_keys_options
 from processor.stream.topics import TopicNames
 
 
@@ -64,6 +65,7 @@ from processor.stream.topics import TopicNames
 @connection_options
 @schema_registry_option
 @topic_prefix_option
+@control_keys_options
 @click.option(
     "--block-action",
     envvar="SENDGUARD_GATEWAY_BLOCK_ACTION",
@@ -210,6 +212,7 @@ def gateway(**options: Any) -> None:
             idle_timeout_s=options["idle_timeout"],
             read_timeout_s=options["read_timeout"],
         ),
+        control_keys=control_keys_from(options),
     )
     configure_logging(options["loglevel"])
     try:

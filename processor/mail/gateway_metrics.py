@@ -25,6 +25,7 @@ from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 from processor import __version__
+from processor.codec.command_signing import UNAUTHENTICATED
 from processor.codec.errors import DECODE_REASONS
 from processor.mail.blocklist import APPLY_RESULTS, ApplyResult
 from processor.mail.policy_answers import ANSWER_ACTIONS, Answer
@@ -182,7 +183,7 @@ class GatewayMetrics:
             registry=registry,
         )
         for topic in RECORD_TOPICS:
-            for reason in DECODE_REASONS:
+            for reason in (*DECODE_REASONS, UNAUTHENTICATED):
                 undecodable.labels(topic, reason)
         self._undecodable = undecodable
         self._state_age = Gauge(

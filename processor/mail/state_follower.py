@@ -19,7 +19,10 @@ state for want of a broker: the gateway answers from the last known state.
 Undecodable records are counted (`undecodable`) and logged and skipped, never
 fatal, except `registry_unavailable` (the schema registry did not answer): the same
 bytes may decode a moment later, so the thread retries them and the state ages
-meanwhile, rather than losing a BLOCK to a registry hiccup.
+meanwhile, rather than losing a BLOCK to a registry hiccup. With control keys, a
+command the worker did not sign (`processor.codec.command_signing`) is one of those
+skipped records (`unauthenticated_command`): a forged UNBLOCK or tombstone changes
+nothing.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any, Final, Literal
 
+from processor.codec.command_signing import CommandKeys, Headers
 from processor.codec.errors import DecodeError
 from processor.codec.wire import Codec
 from processor.mail.blocklist import command_from_record
@@ -69,11 +73,19 @@ Deliver = Callable[[list[Update], float | None], None]
 
 
 def decode_update(
-    codec: Codec, kind: TopicKind, key: bytes | None, value: bytes | None
+    codec: Codec,
+    kind: TopicKind,
+    key: bytes | None,
+    value: bytes | None,
+    headers: Headers = None,
+    control_keys: CommandKeys | None = None,
 ) -> Update | None:
     """The state change one record of the topic `kind` means, or None for a keyless
     tombstone (it deletes nothing). Raises DecodeError for bytes that are not the
-    topic's records."""
+    topic's records, and (`unauthenticated_command`) for a record of mailbox.control,
+    tombstones included, that `control_keys` did not sign (when there are keys)."""
+    if kind == "control" and control_keys:
+        control_keys.verify(key, value, headers)  # before a byte of it is parsed
     if value is None:
         if key is None:
             return None
@@ -106,11 +118,14 @@ class StateFollower:
         topics: dict[str, TopicKind],
         deliver: Deliver,
         undecodable: Callable[[str, str], None],
+        control_keys: CommandKeys | None = None,
     ) -> None:
         """`topics`: topic name -> what it holds. `undecodable(label, reason)` counts a
-        skipped record (called from the follower thread)."""
+        skipped record (called from the follower thread). With `control_keys`, a
+        command they did not sign is skipped as `unauthenticated_command`."""
         from confluent_kafka import Consumer
 
+        self._control_keys = control_keys
         self._codec = codec
         self._topics = topics
         self._deliver = deliver
@@ -229,7 +244,14 @@ class StateFollower:
         kind = self._topics[message.topic()]
         while True:
             try:
-                return decode_update(self._codec, kind, message.key(), message.value())
+                return decode_update(
+                    self._codec,
+                    kind,
+                    message.key(),
+                    message.value(),
+                    message.headers(),
+                    self._control_keys,
+                )
             except DecodeError as error:
                 if error.reason == "registry_unavailable" and not self._stop.is_set():
                     self._rate_limited("registry", "schema registry unavailable: %s", error)

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from processor.codec import records
+from processor.codec.command_signing import CommandKeys
 from processor.codec.wire import Codec
 from processor.limits import (
     DEAD_LETTER_KEEP_BYTES,
@@ -60,6 +61,7 @@ from processor.stream.topics import TopicNames
 WORST_CHARACTERS = ("\U0010ffff", "\x01")
 _MAX_TIME = MAX_TIMESTAMP_MS
 _MAX_LONG = 2**63 - 1
+_LONGEST_KEY_ID = "k" * 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,10 +149,12 @@ def _records(
         ("internal pack", max(events.MAX_PACK_BYTES, alone)),
         ("state table", len(key_bytes) + len(_table_value(policy, key_bytes, char))),
     ]
-    outputs = Outputs(codec, names)
+    # Signed under the longest key id a key may have.
+    signer = CommandKeys(((_LONGEST_KEY_ID, b"s" * 32),))
+    outputs = Outputs(codec, names, control_keys=signer)
     for decision in _decisions(policy, key, char):
         out = outputs.encode(decision)
-        found.append((f"{type(decision).__name__} ({out.topic})", len(out.key) + len(out.value)))
+        found.append((f"{type(decision).__name__} ({out.topic})", out.size))
     dead = records.dead_letter_record(
         "internal_error",
         text(MAX_DEAD_LETTER_DETAIL),

@@ -23,7 +23,12 @@ from processor.stream.connection import (
     schema_registry_option,
     topic_prefix_option,
 )
-from processor.stream.secret_options import action_keys_from, action_keys_options
+from processor.stream.secret_options import (
+    action_keys_from,
+    action_keys_options,
+    control_keys_from,
+    control_keys_options,
+)
 from processor.stream.settings import STORES, WorkerSettings
 from processor.stream.topics import TopicNames
 
@@ -145,6 +150,7 @@ log = logging.getLogger(__name__)
     "support-token makes them), read again when it changes. Unset: releases disabled.",
 )
 @action_keys_options
+@control_keys_options
 @click.option(
     "--peer-secret",
     envvar=SECRET_ENV,
@@ -187,6 +193,7 @@ def worker(**options: Any) -> None:
         replication_factor=options["replication_factor"],
         instance_id=options["instance_id"] or None,
         action_keys=action_keys_from(options),
+        control_keys=control_keys_from(options),
     )
     run_worker(
         settings, edge=options["edge"], loglevel=options["loglevel"], access=access_from(options)
@@ -319,6 +326,12 @@ def run_worker(
             partitions,
             settings.partitions,
         )
+    if not settings.control_keys:
+        log.warning(
+            "no control keys (SENDGUARD_CONTROL_KEYS): commands on %s are unsigned, so a "
+            "gateway cannot tell them from forged ones",
+            names.control,
+        )
     (settings.data_dir / names.app_id).mkdir(parents=True, exist_ok=True)
     lookups = Lookups()
     reader = LookupReader(client_config, codec, names.directory, names.settings, lookups)
@@ -343,7 +356,7 @@ def run_worker(
         policy=settings.policy,
         names=names,
         partitions=partitions,
-        outputs=Outputs(codec, names),
+        outputs=Outputs(codec, names, control_keys=settings.control_keys),
         lookups=lookups,
         metrics=metrics,
         delivery=delivery,

@@ -127,7 +127,11 @@ class Delivery:
             while not retry:
                 try:
                     producer.produce(
-                        record.topic, record.value, record.key, on_delivery=on_delivery
+                        record.topic,
+                        record.value,
+                        record.key,
+                        headers=list(record.headers),
+                        on_delivery=on_delivery,
                     )
                     break
                 except BufferError:  # local queue full: let deliveries drain

@@ -3,7 +3,8 @@
 Kept apart from the agent so the mapping is tested without a broker. Commands go
 first and on their own (see `split_commands`): docs/policy.md rule 11 orders the BLOCK
 before the scans, alert and report, and a gateway must never see a report of a
-block whose command was lost.
+block whose command was lost. With control keys, every command carries its signature
+header (`processor.codec.command_signing`), so gateways can tell it from a forgery.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from processor.codec import records
+from processor.codec.command_signing import CommandKeys
 from processor.codec.wire import Codec
 from processor.policy import Block, Decision, Unblock
 from processor.stream.topics import TopicNames
@@ -25,24 +27,40 @@ class OutputRecord:
     topic: str
     key: bytes
     value: bytes
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+    @property
+    def size(self) -> int:
+        """Bytes of key, value and headers: what counts against a record's limit."""
+        return len(self.key) + len(self.value) + sum(len(n) + len(v) for n, v in self.headers)
 
 
 class Outputs:
     """Encodes decisions for the topics of one deployment (prefix applied)."""
 
-    def __init__(self, codec: Codec, names: TopicNames) -> None:
+    def __init__(
+        self, codec: Codec, names: TopicNames, control_keys: CommandKeys | None = None
+    ) -> None:
+        """`control_keys` sign the BLOCK/UNBLOCK commands (none: they go unsigned)."""
         self._codec = codec
         self._names = names
+        self._control_keys = control_keys or CommandKeys()
         # A block's command, alert and reports share their key: encoded once.
         self._keys: dict[tuple[str, object], bytes] = {}
 
     def encode(self, decision: Decision) -> OutputRecord:
         key_name, key = records.key_of(decision)
         value_name, value = records.record_of(decision)
+        key_bytes = self._key(key_name, key)
+        value_bytes = self._codec.encode(value_name, value)
+        headers: tuple[tuple[str, bytes], ...] = ()
+        if self._control_keys and isinstance(decision, Block | Unblock):
+            headers = (self._control_keys.header(key_bytes, value_bytes),)
         return OutputRecord(
             topic=self._names.external(records.topic_of(decision)),
-            key=self._key(key_name, key),
-            value=self._codec.encode(value_name, value),
+            key=key_bytes,
+            value=value_bytes,
+            headers=headers,
         )
 
     def _key(self, name: str, key: dict[str, object]) -> bytes:

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from processor.codec.action_signing import ActionKeys
+from processor.codec.command_signing import CommandKeys
 from processor.codec.wire import CodecConfig
 from processor.policy import PolicyConfig
 from processor.stream.connection import KafkaConnection
@@ -49,6 +50,9 @@ class WorkerSettings:
     #: Sign the API's support actions (the first key) and verify them at the edge
     #: (every key). None configured: releases are disabled.
     action_keys: ActionKeys = field(default_factory=ActionKeys)
+    #: Sign the BLOCK/UNBLOCK commands on mailbox.control (the first key), so gateways
+    #: holding the keys enforce no forged command. None configured: unsigned.
+    control_keys: CommandKeys = field(default_factory=CommandKeys)
 
     @property
     def store_url(self) -> str:

@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 from processor.codec import records
+from processor.codec.command_signing import CommandKeys
 from processor.codec.wire import Codec
 from processor.local import sendguard_services as services
 from processor.mail.policy_protocol import format_request, parse_reply
@@ -25,12 +26,29 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def unblock_command(tenant: str, mailbox: str, sequence: int) -> Unblock:
+    """The UNBLOCK of a released block `sequence`, as the worker decides it."""
+    key = MailboxKey.of(tenant, mailbox)
+    return Unblock(
+        key=key,
+        at_ms=now_ms(),
+        offense=sequence,
+        reason="released",
+        sequence=sequence,
+        command_id=decision_id(key, sequence, "UNBLOCK"),
+        actor="support@example",
+        note="test",
+    )
+
+
 class ControlProducer:
     """Puts BLOCK/UNBLOCK commands (and other records) on a deployment's topics."""
 
-    def __init__(self, bootstrap: str, control_topic: str) -> None:
+    def __init__(self, bootstrap: str, control_topic: str, keys: CommandKeys | None = None) -> None:
+        """`keys` sign the commands as the worker signs them (none: unsigned)."""
         from confluent_kafka import Producer
 
+        self.keys = keys
         self.topic = control_topic
         self.codec = Codec.from_config()
         self.producer = Producer(
@@ -61,19 +79,12 @@ class ControlProducer:
         )
 
     def unblock(self, tenant: str, mailbox: str, *, sequence: int = 1) -> None:
-        key = MailboxKey.of(tenant, mailbox)
-        self._send(
-            Unblock(
-                key=key,
-                at_ms=now_ms(),
-                offense=sequence,
-                reason="released",
-                sequence=sequence,
-                command_id=decision_id(key, sequence, "UNBLOCK"),
-                actor="support@example",
-                note="test",
-            )
-        )
+        self._send(unblock_command(tenant, mailbox, sequence))
+
+    def encode(self, decision: Block | Unblock) -> tuple[bytes, bytes]:
+        """(key, value) of the command as the worker writes them."""
+        key = self.codec.encode(*records.key_of(decision))
+        return key, self.codec.encode(*records.record_of(decision))
 
     def directory(self, topic: str, tenant: str, mailbox: str) -> None:
         entry = DirectoryEntry(MailboxKey.of(tenant, mailbox), "owner", (), now_ms())
@@ -81,14 +92,15 @@ class ControlProducer:
         self.producer.produce(topic, self.codec.encode(*records.record_of(entry)), key)
         self.flush()
 
-    def raw(self, key: bytes | None, value: bytes | None) -> None:
-        self.producer.produce(self.topic, value, key)
+    def raw(
+        self, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]] | None = None
+    ) -> None:
+        self.producer.produce(self.topic, value, key, headers=headers or [])
         self.flush()
 
     def _send(self, decision: Block | Unblock) -> None:
-        key = self.codec.encode(*records.key_of(decision))
-        self.producer.produce(self.topic, self.codec.encode(*records.record_of(decision)), key)
-        self.flush()
+        key, value = self.encode(decision)
+        self.raw(key, value, [self.keys.header(key, value)] if self.keys else None)
 
     def flush(self) -> None:
         assert self.producer.flush(30) == 0, "records not delivered"

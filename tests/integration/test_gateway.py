@@ -7,15 +7,24 @@ process; the commands are encoded exactly as the worker encodes its decisions.
 from __future__ import annotations
 
 import contextlib
+import secrets
 import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from gateway_support import ControlProducer, GatewayProcess, PolicyClient, now_ms, wait_until
+from gateway_support import (
+    ControlProducer,
+    GatewayProcess,
+    PolicyClient,
+    now_ms,
+    unblock_command,
+    wait_until,
+)
 from worker_support import Deployment
 
+from processor.codec.command_signing import SIGNATURE_HEADER, CommandKeys
 from processor.mail.policy_protocol import MAX_LINE_BYTES
 
 
@@ -232,3 +241,58 @@ def test_defer_instead_of_reject(
     answer = gateway.ask(sender="alice@acme.example")
     assert answer.startswith("DEFER 4.7.1 held until 20") and answer.endswith("Z")
     assert gateway.metric("sendguard_gateway_requests_total", action="defer") == 1
+
+
+def test_with_control_keys_only_signed_commands_are_enforced(
+    deployment: Deployment, gateway_factory: list[GatewayProcess]
+) -> None:
+    current, old = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
+    gateway_keys = f"current:{current},old:{old}"
+    worker = ControlProducer(
+        deployment.bootstrap, deployment.names.control, CommandKeys.parse(f"current:{current}")
+    )
+    # A worker not yet moved to the new key: its commands still hold (rotation).
+    lagging = ControlProducer(
+        deployment.bootstrap, deployment.names.control, CommandKeys.parse(f"old:{old}")
+    )
+    attacker = ControlProducer(deployment.bootstrap, deployment.names.control)
+    evil = CommandKeys.parse(f"current:{secrets.token_urlsafe(32)}")  # right id, wrong secret
+
+    worker.block("acme", "alice@acme.example", sequence=6, permanent=True)
+    lagging.block("acme", "bob@acme.example")
+    attacker.block("acme", "carol@acme.example")  # a forged BLOCK would deny her mail
+    gateway = start(deployment, gateway_factory, "--control-keys", gateway_keys)
+
+    with gateway.connect() as postfix:
+        assert postfix.ask(sender="alice@acme.example").startswith("REJECT 5.7.1 ")
+        assert postfix.ask(sender="bob@acme.example").startswith("REJECT 5.7.1 ")
+        assert postfix.ask(sender="carol@acme.example") == "DUNNO"
+
+        # Forgeries, each of which would lift alice's permanent block if enforced.
+        release = unblock_command("acme", "alice@acme.example", 6)
+        key, value = attacker.encode(release)
+        attacker.raw(key, value)  # unsigned
+        attacker.raw(key, value, [evil.header(key, value)])  # a key the gateway lacks
+        bob_key, bob_value = worker.encode(unblock_command("acme", "bob@acme.example", 1))
+        signed_for_bob = worker.keys.header(bob_key, bob_value)  # type: ignore[union-attr]
+        attacker.raw(key, value, [signed_for_bob])  # a real signature of another record
+        attacker.raw(key, None)  # an unsigned tombstone would forget the block
+        attacker.raw(key, value, [(SIGNATURE_HEADER, b"\xff" * 5000)])  # junk header
+
+        def skipped() -> float:
+            return gateway.metric(
+                "sendguard_gateway_undecodable_records_total",
+                topic="mailbox.control",
+                reason="unauthenticated_command",
+            )
+
+        wait_until(lambda: skipped() == 6, 15, "six unsigned or forged commands skipped")
+        assert postfix.ask(sender="alice@acme.example").startswith("REJECT 5.7.1 ")
+
+        worker.unblock("acme", "alice@acme.example", sequence=6)  # the real release
+        wait_until(
+            lambda: postfix.ask(sender="alice@acme.example") == "DUNNO", 10, "the signed UNBLOCK"
+        )
+    assert skipped() == 6
+    status, ready = gateway.ready()
+    assert status == 200 and ready["commands_authenticated"] is True

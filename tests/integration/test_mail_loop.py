@@ -12,6 +12,7 @@ blocks of 3 s, then 6 s, then permanent), so a block ends within the test.
 from __future__ import annotations
 
 import os
+import secrets
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -80,8 +81,10 @@ def loop(bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[M
     started = time.monotonic()
     tmp = tmp_path_factory.mktemp("mail-loop")
     deployment = Deployment.create(bootstrap, tmp)
-    services = MailServices(bootstrap, deployment.names.prefix, tmp)
-    worker = deployment.worker()
+    # The worker signs its commands; the gateway enforces only what it signed.
+    control_keys = f"loop:{secrets.token_urlsafe(32)}"
+    services = MailServices(bootstrap, deployment.names.prefix, tmp, control_keys)
+    worker = deployment.worker(env={"SENDGUARD_CONTROL_KEYS": control_keys})
     try:
         worker.start()
         services.start()
@@ -156,6 +159,15 @@ def test_the_gateway_refuses_a_blocked_sender_until_the_block_ends(loop: MailLoo
     assert (answer.code, answer.step) == (554, "rcpt") and answer.text.startswith("5.7.1"), answer
     assert loop.send(colleague, FRIEND, login=colleague).code == 250  # same tenant, not blocked
     assert loop.send(FRIEND, blocked, client_ip=OUTSIDE).code == 250  # mail *to* it still arrives
+    # The gateway checks the worker's signatures, and every command it read was signed.
+    gateway = loop.services.gateway
+    assert gateway.ready()[1]["commands_authenticated"] is True
+    skipped = gateway.metric(
+        "sendguard_gateway_undecodable_records_total",
+        topic="mailbox.control",
+        reason="unauthenticated_command",
+    )
+    assert skipped == 0
 
     loop.wait(lambda: _blocks(loop.control(), blocked, "UNBLOCK"), 30, f"the UNBLOCK of {blocked}")
     loop.wait(

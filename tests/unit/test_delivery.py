@@ -34,14 +34,23 @@ class _FailingProducer:
     def __init__(self, fail: dict[bytes, list[tuple[str, int]]]) -> None:
         self.fail = fail
         self.produced: list[bytes] = []
+        self.headers: list[list[tuple[str, bytes]]] = []
         self._pending: list[tuple[Any, Any, _Message]] = []
 
-    def produce(self, topic: str, value: bytes, key: bytes, on_delivery: Any) -> None:
+    def produce(
+        self,
+        topic: str,
+        value: bytes,
+        key: bytes,
+        headers: list[tuple[str, bytes]],
+        on_delivery: Any,
+    ) -> None:
         plan = self.fail.get(value)
         how, code = plan.pop(0) if plan else ("", 0)
         if how == "raise":
             raise KafkaException(KafkaError(code))
         self.produced.append(value)
+        self.headers.append(headers)
         error = KafkaError(code) if how == "report" else None
         self._pending.append((on_delivery, error, _Message(topic, key, value)))
 
@@ -96,3 +105,11 @@ def test_a_failure_that_may_pass_sends_the_whole_batch_again_in_order() -> None:
     # 1st: a, b (timed out), c raised; 2nd: a, b (transport), c; 3rd: all delivered.
     assert producer.produced == [b"a", b"b", b"a", b"b", b"c", b"a", b"b", b"c"]
     assert len(retries) == 2
+
+
+def test_a_record_goes_out_with_its_headers() -> None:
+    producer = _FailingProducer({})
+    signed = OutputRecord("t", b"k", b"command", (("sendguard-signature", b"k1:ab"),))
+    refused = asyncio.run(_delivery(producer, []).deliver([signed, *_records(b"other")]))
+    assert refused == []
+    assert producer.headers == [[("sendguard-signature", b"k1:ab")], []]
