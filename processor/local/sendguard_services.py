@@ -121,17 +121,9 @@ class IngestProcess(ServiceProcess):
 
     NAME = "ingest"
 
-    def __init__(
-        self,
-        bootstrap: str,
-        prefix: str,
-        workdir: Path,
-        *extra: str,
-        name: str | None = None,
-        tenants: Path | None = None,
-        env: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(bootstrap, prefix, workdir, *extra, name=name, tenants=tenants, env=env)
+    def __init__(self, *args: Any, **options: Any) -> None:
+        """As ServiceProcess, with both ports chosen now."""
+        super().__init__(*args, **options)
         self.port = free_port()
         self.web_port = free_port()
 
