@@ -9,7 +9,7 @@ from types import SimpleNamespace
 from faust.transport.producer import ProducerBuffer
 
 from processor.stream.app import CHANGELOG_BUFFER_MESSAGES, make_room_for_a_batch_of_changes
-from processor.stream.heap import freeze_startup_objects
+from processor.stream.heap import GC_THRESHOLDS, freeze_startup_objects, settle_heap
 
 
 def test_a_batch_of_table_changes_does_not_hold_up_the_stream() -> None:
@@ -42,3 +42,15 @@ def test_startup_objects_are_frozen_out_of_the_collectors_walks() -> None:
         assert directory[0]["devices"] == ["d0"]  # still alive and usable
     finally:
         gc.unfreeze()
+
+
+def test_settled_heap_collects_young_objects_less_often() -> None:
+    thresholds = gc.get_threshold()
+    try:
+        settle_heap()
+        assert gc.get_threshold() == GC_THRESHOLDS
+        assert GC_THRESHOLDS[0] > thresholds[0]
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*thresholds)
