@@ -294,6 +294,7 @@ def run_worker(
     from processor.stream.edge import EdgeConfig
     from processor.stream.edge_health import EdgeHealth, InputLagMonitor
     from processor.stream.edge_process import EdgeSupervisor
+    from processor.stream.heap import settle_heap
     from processor.stream.librdkafka_settings import worker_client_settings
     from processor.stream.lookups import LookupReader, Lookups
     from processor.stream.outputs import Outputs
@@ -345,6 +346,7 @@ def run_worker(
         len(lookups.settings),
     )
     reader.start()
+    settle_heap()
 
     app = create_app(_with_partitions(settings, partitions))
     table = define_state_table(app, partitions)
