@@ -42,7 +42,9 @@ events are bounded) dead-letters every record whose event it carried.
 
 Every `report_every_s` the stage reports its counters and its assignment to the
 worker, also while it waits for deliveries or a backoff: the report is the
-heartbeat by which the worker knows the stage is alive.
+heartbeat by which the worker knows the stage is alive. It reports after every
+batch too, before committing it, so a committed record is always counted, even
+when the stage is killed the moment after.
 """
 
 from __future__ import annotations
@@ -229,6 +231,12 @@ class EdgeStage:
         """Report counters and assignment when due (also from inside waits)."""
         if self._report is None or self._clock() < self._next_report:
             return
+        self._report_now()
+
+    def _report_now(self) -> None:
+        """Report counters and assignment (when running: `run` gave a report)."""
+        if self._report is None:
+            return
         self._next_report = self._clock() + self.config.report_every_s
         counts = self.take_counts()
         with contextlib.suppress(Exception):  # the assignment is information only
@@ -282,6 +290,7 @@ class EdgeStage:
                 self._wait(delay)
                 delay = min(delay * 2, config.retry_max_s)
         self.counts.add(attempt.counts)
+        self._report_now()  # counted before committed: a kill now loses no count
         self.commit(messages)
 
     def _process_batch(self, attempt: _Attempt) -> None:

@@ -506,3 +506,22 @@ def test_dead_letters_are_bounded_whatever_the_key_and_value() -> None:
     ((_, key, value),) = producer.on(DEAD)
     assert key == huge[: limits.DEAD_LETTER_PREFIX_BYTES]
     assert len(value) < 3 * limits.DEAD_LETTER_PREFIX_BYTES
+
+
+def test_a_batch_is_reported_before_it_is_committed() -> None:
+    # So a stage killed right after a commit has counted every record it committed.
+    events: list[str] = []
+
+    class Recording(Consumer):
+        def commit(self, offsets: list[Any], asynchronous: bool) -> None:
+            events.append("commit")
+            super().commit(offsets, asynchronous)
+
+    consumer = Recording([[GOOD], [Message(verdict_bytes("second"), 10)]])
+    stage, _ = stage_with(Producer(), consumer)
+
+    def report(counts: EdgeCounts) -> None:
+        events.append(f"report {counts.qualifying}")
+
+    stage.run(lambda: len(consumer.commits) == 2, report)
+    assert events[:4] == ["report 1", "commit", "report 1", "commit"]
