@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from processor.stream.edge import EdgeConfig, EdgeCounts, EdgeStage
+from processor.stream.heap import give_large_blocks_back
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ def _die_with_parent(parent_pid: int) -> None:
 def edge_process_main(config: EdgeConfig, connection: Any, parent_pid: int, log_level: str) -> None:
     """Entry point of the edge process (spawned by `EdgeSupervisor`)."""
     _die_with_parent(parent_pid)
+    give_large_blocks_back()  # hostile records near the size limit must not bloat it
     from processor.ops.logging import configure_logging
 
     configure_logging(log_level)  # spawned: nothing of the parent's logging is inherited

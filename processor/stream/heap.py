@@ -1,5 +1,6 @@
 """The worker process's garbage collector: what was loaded at start is left alone,
-and the young generations are collected less often.
+and the young generations are collected less often. And the edge process's large
+allocations: returned to the system when freed (`give_large_blocks_back`).
 
 At start the worker reads the whole directory and the tenant settings (about five
 objects per mailbox: hundreds of thousands for a large directory) and imports
@@ -19,6 +20,7 @@ the thresholds below as well.
 
 from __future__ import annotations
 
+import ctypes
 import gc
 
 #: Net new container objects between young collections (default 700), young
@@ -42,3 +44,28 @@ def freeze_startup_objects() -> None:
     correctness."""
     gc.collect()
     gc.freeze()
+
+
+#: glibc's mallopt parameter M_MMAP_THRESHOLD.
+_M_MMAP_THRESHOLD = -3
+#: Blocks at least this large get pages of their own, unmapped when freed (glibc's
+#: initial threshold, which it otherwise raises as it goes).
+MMAP_THRESHOLD_BYTES = 128 * 1024
+
+
+def give_large_blocks_back() -> bool:
+    """Fix the C allocator's mmap threshold at MMAP_THRESHOLD_BYTES for this process.
+
+    glibc raises the threshold each time a block it mapped is freed (up to 32 MiB),
+    so after a few records of about 1 MB (the edge reads whatever a writer of its
+    topics sends, up to the record limit) later ones come from the heap, whose freed
+    space fragments and is not returned: the edge's resident memory stepped up by
+    tens of MiB over a soak of hostile input (38 -> 67 MB in 20 rounds), while with
+    the threshold fixed it stayed at 38-41 MB. Returns whether the C library took
+    the setting (False where it is not glibc, which then behaves as it will).
+    """
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
