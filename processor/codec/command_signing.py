@@ -23,15 +23,16 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Sequence
+from typing import Final
 
-from processor.codec.errors import DecodeError
+from processor.codec.errors import DecodeError, DecodeReason
 from processor.codec.signing_keys import SigningKeys
 
 KEYS_ENV = "SENDGUARD_CONTROL_KEYS"
 KEYS_FILE_ENV = "SENDGUARD_CONTROL_KEYS_FILE"
 SIGNATURE_HEADER = "sendguard-signature"
 #: The reason a skipped record is counted and logged under.
-UNAUTHENTICATED = "unauthenticated_command"
+UNAUTHENTICATED: Final[DecodeReason] = "unauthenticated_command"
 _CONTEXT = b"sendguard MailboxCommand record signature v1"
 #: A header longer than a key id, a colon and a SHA-256 in hex is not ours.
 _MAX_HEADER = 64 + 1 + 64
@@ -51,7 +52,7 @@ def _mac(secret: bytes, key: bytes | None, value: bytes | None) -> str:
 
 
 def _unauthenticated(detail: str) -> DecodeError:
-    return DecodeError("unauthenticated_command", detail)
+    return DecodeError(UNAUTHENTICATED, detail)
 
 
 class CommandKeys(SigningKeys):

@@ -18,7 +18,9 @@ DecodeReason = Literal[
     "record_too_large",
 ]
 
-# Every reason, so metrics can pre-create one labelled counter per reason at zero.
+# Every reason of the worker's dead letters, so metrics can pre-create one labelled
+# counter per reason at zero. Not `unauthenticated_command`: only a gateway skips a
+# record for it (processor.codec.command_signing), and counts it as well.
 DECODE_REASONS: tuple[DecodeReason, ...] = (
     "not_avro",
     "unknown_schema",
